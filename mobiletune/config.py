@@ -1,0 +1,289 @@
+"""Typed, frozen configuration loaded strictly from YAML.
+
+Every key is declared once below, with its default and a one-line help. Unknown keys, wrong
+types and out-of-range values raise ConfigError naming the key, the file and the closest
+valid key. No torch import here: the CLI's `--help` must stay instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mobiletune.errors import ConfigError
+
+ARCHS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+# len(model.features) per arch: the range of `finetune.unfreeze`.
+NUM_BLOCKS = {"mobilenet_v2": 19, "mobilenet_v3_small": 13, "mobilenet_v3_large": 17}
+
+
+def _key(default: Any, help: str, *, choices: tuple | None = None, lo: float | None = None,
+         hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+         kind: type | None = None) -> Any:
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open,
+            "hi_open": hi_open, "kind": kind}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = _key("mobilenet_v3_large", "backbone architecture", choices=ARCHS)
+    weights: str = _key("imagenet", "imagenet | none | path/to/state_dict.pth")
+    dropout: float = _key(0.2, "dropout before the new head", lo=0.0, hi=1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = _key("data", "root/train/<class>/* + root/val/<class>/*, or root/<class>/*")
+    val_split: float = _key(0.2, "val fraction when root has no train/val folders",
+                            lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    image_size: int = _key(224, "crop size fed to the network", lo=32, hi=1024)
+    batch_size: int = _key(32, "images per optimizer step", lo=1, hi=4096)
+    workers: str = _key("auto", "decode processes: auto or a number", kind=str)
+    augment: str = _key("standard", "training augmentation", choices=("none", "light", "standard"))
+    views: int = _key(4, "augmented views cached per training image (cache: true)", lo=1, hi=64)
+    cache: bool = _key(True, "reuse frozen-backbone outputs across epochs and runs")
+    balance: str = _key("none", "class imbalance: none | weights | sampler",
+                        choices=("none", "weights", "sampler"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _key(5, "head-stage epochs", lo=1, hi=10000)
+    lr: float = _key(1.0e-3, "head-stage learning rate", lo=0.0, hi=10.0, lo_open=True)
+    weight_decay: float = _key(1.0e-4, "AdamW weight decay", lo=0.0, hi=1.0)
+    label_smoothing: float = _key(0.0, "cross-entropy label smoothing", lo=0.0, hi=1.0,
+                                  hi_open=True)
+    patience: int = _key(0, "early stop after this many epochs without val gain; 0 = off",
+                         lo=0, hi=10000)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    unfreeze: int = _key(0, "last N blocks of model.features to train; 0 = no finetune stage",
+                         lo=0, hi=max(NUM_BLOCKS.values()))
+    epochs: int = _key(5, "finetune-stage epochs", lo=1, hi=10000)
+    lr: float = _key(1.0e-5, "finetune-stage learning rate", lo=0.0, hi=10.0, lo_open=True)
+    train_bn: bool = _key(False, "let BatchNorm running statistics move in unfrozen blocks")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = _key("run", "run name: runs go to <output>/<name>, <name>-2, ...")
+    output: str = _key("runs", "folder that holds run directories")
+    seed: int = _key(0, "random seed (split, augmentation, init, order)", lo=0, hi=2**31 - 1)
+    device: str = _key("auto", "auto | cpu | cuda | mps", choices=("auto", "cpu", "cuda", "mps"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    parent: str | None = field(default=None, metadata={"help": "run this one continues from"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (YAML- and checkpoint-safe) of every key."""
+        return dataclasses.asdict(self)
+
+    @property
+    def workers(self) -> int:
+        """Decode worker processes; `auto` leaves the cores to the model on small machines."""
+        import os
+
+        if self.data.workers != "auto":
+            return int(self.data.workers)
+        return max(0, min(4, (os.cpu_count() or 1) // 2 - 1))
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+            "finetune": FinetuneConfig}
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key, for suggestions and `--set`."""
+    keys = [f.name for f in fields(Config) if f.name not in SECTIONS]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in fields(cls)]
+    return keys
+
+
+def _suggest(full: str) -> str:
+    """' Did you mean ...?' for a mistyped dotted key, or '' when nothing is close."""
+    candidates = all_keys()
+    close = difflib.get_close_matches(full, candidates, n=1, cutoff=0.5)
+    if not close:  # a key in the wrong section (`lr` under data) or a typo of its last part
+        last = full.rsplit(".", 1)[-1]
+        names = {k.rsplit(".", 1)[-1]: k for k in candidates}
+        near = difflib.get_close_matches(last, list(names), n=1, cutoff=0.6)
+        close = [names[near[0]]] if near else []
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
+    """Check one value against its field's type and range; return it in the field's type."""
+    meta, kind = f.metadata, f.metadata.get("kind") or f.type
+    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(kind, kind)
+    where = f"'{key}' in {source}"
+    if kind is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-5` (no dot) as a string; users mean a number
+            value = float(value)
+        except ValueError:
+            pass
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
+        kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{where} must be {kind.__name__}, got {value!r} "
+                          f"({type(value).__name__}).", key=key, value=value, source=source)
+    if kind is float:
+        value = float(value)
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{where} is {value!r}; choose one of {', '.join(choices)}.{hint}",
+                          key=key, value=value, choices=choices, source=source)
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta["lo_open"] and value == lo)) or (
+            hi is not None and (value > hi or (meta["hi_open"] and value == hi))):
+        lb = "(" if meta["lo_open"] else "["
+        rb = ")" if meta["hi_open"] else "]"
+        raise ConfigError(f"{where} is {value!r}, outside the valid range {lb}{lo}, {hi}{rb}.",
+                          key=key, value=value, choices=(lo, hi), source=source)
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'the config'}' in {source} must be a mapping "
+                          f"of keys, got {type(raw).__name__}.", key=prefix.rstrip("."),
+                          value=raw, source=source)
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            raise ConfigError(f"Unknown key '{prefix}{name}' in {source}.{_suggest(prefix + str(name))}",
+                              key=f"{prefix}{name}", value=value, choices=all_keys(), source=source)
+        if name in SECTIONS and cls is Config:
+            values[name] = _build(SECTIONS[name], value, f"{name}.", source)
+        elif name == "parent":
+            values[name] = None if value is None else str(value)
+        else:
+            values[name] = _coerce(value, known[name], f"{prefix}{name}", source)
+    return cls(**values)
+
+
+def _check_cross(cfg: Config, source: str) -> Config:
+    """Checks that span keys: workers syntax, unfreeze within the arch's blocks."""
+    w = cfg.data.workers
+    if w != "auto" and not (w.isdigit() and int(w) <= 64):
+        raise ConfigError(f"'data.workers' in {source} is {w!r}; use auto or a number 0-64.",
+                          key="data.workers", value=w, choices=("auto", "0-64"), source=source)
+    blocks = NUM_BLOCKS[cfg.model.arch]
+    if cfg.finetune.unfreeze > blocks:
+        raise ConfigError(f"'finetune.unfreeze' in {source} is {cfg.finetune.unfreeze}, but "
+                          f"{cfg.model.arch} has {blocks} blocks: use 1-{blocks} (0 = no finetune).",
+                          key="finetune.unfreeze", value=cfg.finetune.unfreeze,
+                          choices=(0, blocks), source=source)
+    if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
+        raise ConfigError(f"'name' in {source} is {cfg.name!r}; use a plain folder name.",
+                          key="name", value=cfg.name, source=source)
+    return cfg
+
+
+def config_from_dict(raw: Any, source: str = "the config") -> Config:
+    """Validate a plain dict (from YAML or a checkpoint) into a Config."""
+    return _check_cross(_build(Config, raw, "", source), source)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; missing, empty or malformed files raise ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file {p} not found. Pass an existing YAML file with --config "
+                          "(see configs/cats.yaml for every key).", key="--config", value=str(p))
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p} is not valid YAML{where}: {problem}.", value=str(p),
+                          source=str(p)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not a UTF-8 text file.", value=str(p), source=str(p)) from None
+    if raw is None:
+        raise ConfigError(f"{p} is empty; it needs at least data.root (see configs/cats.yaml).",
+                          value=str(p), source=str(p))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p} must hold a mapping of keys, not a {type(raw).__name__}.",
+                          value=raw, source=str(p))
+    return raw
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`section.key=value` -> (key, value parsed as YAML), for `--set`."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r} must look like section.key=value "
+                          "(for example --set train.lr=1e-4).", key="--set", value=item)
+    if key not in all_keys():
+        raise ConfigError(f"--set names unknown key '{key}'.{_suggest(key)}",
+                          key=key, value=item, choices=all_keys())
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Return a copy of `raw` with each dotted override set (unknown keys are errors)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    valid = set(all_keys())
+    for key, value in overrides:
+        if key not in valid:
+            raise ConfigError(f"Unknown override '{key}'.{_suggest(key)}",
+                              key=key, value=value, choices=sorted(valid))
+        if "." in key:
+            section, name = key.split(".", 1)
+            node = out.get(section)
+            out[section] = dict(node) if isinstance(node, dict) else {}
+            out[section][name] = value
+        else:
+            out[key] = value
+    return out
+
+
+def absolutize(cfg: Config, base: Path | None = None) -> Config:
+    """Make data, output and weights paths absolute, so a stored config works from anywhere."""
+    base = base or Path.cwd()
+
+    def absp(p: str) -> str:
+        return str((base / Path(p).expanduser()).resolve())
+
+    weights = cfg.model.weights
+    if weights not in ("imagenet", "none"):
+        weights = absp(weights)
+    return replace(cfg, output=absp(cfg.output),
+                   data=replace(cfg.data, root=absp(cfg.data.root)),
+                   model=replace(cfg.model, weights=weights))
+
+
+def load_config(path: str | Path | None, overrides: list[tuple[str, Any]] = ()) -> Config:
+    """Load a YAML config file (or defaults when `path` is None), apply overrides, validate."""
+    raw = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "the command line"
+    return absolutize(config_from_dict(apply_overrides(raw, list(overrides)), source))
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text, keys in declaration order."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
