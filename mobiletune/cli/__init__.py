@@ -1,0 +1,6 @@
+"""Command-line interface. Each command lives in its own module and registers on `app`;
+none imports torch at module level, so `--help` answers instantly."""
+
+from mobiletune.cli.app import app, main  # noqa: F401
+from mobiletune.cli import train_cmd  # noqa: F401,E402
+from mobiletune.cli import predict_cmd  # noqa: F401,E402

@@ -1,0 +1,218 @@
+"""Folder scanning, the train/val split, decoding, and transforms.
+
+Every file under the data root ends up either as a Sample (in splits.csv) or in `skipped`
+with a reason (skipped.csv), so nothing a user put there silently disappears.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from mobiletune.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One usable image: absolute path, class index, and `train` or `val`."""
+
+    path: str
+    label: int
+    split: str
+
+
+@dataclass
+class ScanResult:
+    """What a data folder holds: class names, usable samples, skipped files, warnings."""
+
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def of(self, split: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == split]
+
+
+def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
+    """Decode any image PIL reads into upright RGB.
+
+    `min_side` lets JPEGs decode at a reduced scale (PIL draft: the DCT does the resizing),
+    never below what the target needs. EXIF orientation is applied; 16-bit, CMYK, palette
+    and alpha images become plain 8-bit RGB (alpha over white).
+    """
+    with Image.open(path) as img:
+        if min_side and img.format == "JPEG":
+            w, h = img.size
+            scale = min(w, h) / min_side
+            if scale >= 2:
+                img.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        import numpy as np  # 16-bit and float greyscale: scale to the 8-bit range
+
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray((arr.clip(0, top) * (255.0 / top)).astype("uint8"), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, _WHITE)
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    return img.convert("RGB") if img.mode != "RGB" else img.copy()
+
+
+def probe(path: Path) -> str | None:
+    """Why `path` cannot be used as an image, or None when it decodes fully."""
+    if path.name.startswith("."):
+        return "hidden file"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image extension ({path.suffix or 'none'})"
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.draft("RGB", (32, 32))  # a full but cheap decode: JPEG at 1/8 scale
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"larger than PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)"
+    except OSError as e:
+        return f"unreadable: {str(e).splitlines()[0][:120] or type(e).__name__}"
+    except Exception as e:  # PIL raises assorted errors on hostile files
+        return f"unreadable: {type(e).__name__}: {str(e)[:120]}"
+    return None
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every file under `folder`, following links but never around a loop."""
+    seen: set[str] = set()
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        out += [Path(dirpath) / f for f in sorted(filenames)]
+    return out
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan_classes(folder: Path, skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """class name -> usable absolute paths; unusable files go to `skipped`."""
+    found: dict[str, list[str]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.parent == folder:
+            skipped.append((str(p.absolute()), "not inside a class folder"))
+    for d in _class_dirs(folder):
+        good = []
+        for f in _walk(d):
+            why = probe(f) if f.is_file() else "not a regular file"
+            if why:
+                skipped.append((str(f.absolute()), why))
+            else:
+                good.append(str(f.absolute()))
+        found[d.name] = good
+    return found
+
+
+def _split(paths: list[str], fraction: float, rng: random.Random) -> tuple[list[str], list[str]]:
+    shuffled = sorted(paths)
+    rng.shuffle(shuffled)
+    n_val = round(len(shuffled) * fraction) if len(shuffled) > 1 else 0
+    n_val = min(max(n_val, 1 if len(shuffled) > 1 else 0), len(shuffled) - 1)
+    return shuffled[n_val:], shuffled[:n_val]
+
+
+def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0) -> ScanResult:
+    """Scan `root/train/<class>` + `root/val/<class>`, or `root/<class>` split by `val_split`
+    (stratified per class, reproducible for a seed)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Data folder {root} not found. Set data.root (or --data) to a folder "
+                        "holding one sub-folder per class, or train/ and val/ folders.")
+    skipped: list[tuple[str, str]] = []
+    warn: list[str] = []
+    has_split = (root / "train").is_dir()
+    train = _scan_classes(root / "train" if has_split else root, skipped)
+    val = _scan_classes(root / "val", skipped) if (root / "val").is_dir() and has_split else {}
+    for name in [c for c, paths in train.items() if not paths]:
+        warn.append(f"class folder '{name}' holds no usable images and is ignored")
+        del train[name]
+    classes = sorted(train)
+    stray = sorted(c for c, paths in val.items() if paths and c not in train)
+    if stray:
+        raise DataError(f"Class(es) {', '.join(stray)} in {root / 'val'} have no training images "
+                        f"in {root / 'train'}; add images or remove those folders.")
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} usable class folder(s) ({', '.join(classes) or 'none'}); "
+                        "a classifier needs at least 2, each a sub-folder of images.")
+    samples: list[Sample] = []
+    rng = random.Random(seed)
+    for i, c in enumerate(classes):
+        if has_split and val:
+            tr, va = train[c], val.get(c, [])
+        else:
+            tr, va = _split(train[c], val_split, rng)
+        samples += [Sample(p, i, "train") for p in tr] + [Sample(p, i, "val") for p in va]
+    if not any(s.split == "val" for s in samples):
+        raise DataError(f"{root} leaves no images for validation; add a val/ folder or more images.")
+    return ScanResult(classes, samples, skipped, warn)
+
+
+def eval_transform(pre: dict):
+    """PIL image -> normalized tensor, exactly the weights' eval preprocessing."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(pre["resize"]), T.CenterCrop(pre["crop"]), T.ToTensor(),
+                      T.Normalize(pre["mean"], pre["std"])])
+
+
+def train_transform(pre: dict, augment: str):
+    """Training augmentation: none (eval view), light, or standard (the tutorial recipe)."""
+    from torchvision import transforms as T
+
+    if augment == "none":
+        return eval_transform(pre)
+    scale = (0.35, 1.0) if augment == "light" else (0.08, 1.0)
+    steps = [T.RandomResizedCrop(pre["crop"], scale=scale), T.RandomHorizontalFlip()]
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(pre["mean"], pre["std"])])
+
+
+class ImageDataset:
+    """(tensor, label) pairs decoded on demand; a map-style torch Dataset."""
+
+    def __init__(self, samples: list[Sample], transform, min_side: int | None = None) -> None:
+        self.samples, self.transform, self.min_side = samples, transform, min_side
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        try:
+            img = load_image(s.path, self.min_side)
+        except Exception as e:
+            raise DataError(f"{s.path} could not be decoded during training ({e}); "
+                            "it changed since the scan: remove or replace it.") from None
+        return self.transform(img), s.label

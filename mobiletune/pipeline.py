@@ -1,0 +1,214 @@
+"""A whole run: scan, run directory, stages, checkpoints; `train`, `finetune` and `resume`.
+
+Everything a run makes lands in its own new directory; `last.pt` is written before the
+first epoch and after every epoch, so an interrupt at any moment leaves a resumable run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mobiletune.checkpoint import (FORMAT_VERSION, load_checkpoint, model_from_checkpoint,
+                                   save_checkpoint)
+from mobiletune.config import Config, config_from_dict, dump_yaml
+from mobiletune.data import ScanResult, scan
+from mobiletune.errors import CheckpointError, TrainingInterrupted
+from mobiletune.feeds import class_weights, make_feed
+from mobiletune.model import build_model, preprocess_spec
+from mobiletune.runs import new_run_dir, update_latest, write_csv, write_text
+from mobiletune.training import (METRICS_HEADER, Callbacks, StageSpec, StageState, fit_stage,
+                                 state_from_dict, state_to_dict)
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from mobiletune.errors import ConfigError
+
+        raise ConfigError("device is cuda, but this machine has no usable CUDA GPU; use "
+                          "--device cpu or auto.", key="device", value=name,
+                          choices=("auto", "cpu", "cuda", "mps"))
+    return torch.device(name)
+
+
+def plan(cfg: Config, head: bool = True) -> list[StageSpec]:
+    """The stages a config asks for, in order."""
+    t, f = cfg.train, cfg.finetune
+    stages = [StageSpec("head", 0, t.epochs, t.lr, t.weight_decay, t.label_smoothing,
+                        t.patience)] if head else []
+    if f.unfreeze:
+        stages.append(StageSpec("finetune", f.unfreeze, f.epochs, f.lr, t.weight_decay,
+                                t.label_smoothing, t.patience, f.train_bn))
+    return stages
+
+
+@dataclasses.dataclass
+class Run:
+    """A run in progress: where it writes, what it trains, and its history so far."""
+
+    dir: Path
+    cfg: Config
+    data: ScanResult
+    model: nn.Module
+    pre: dict
+    stages: list[StageSpec]
+    history: list = dataclasses.field(default_factory=list)
+    stage_index: int = 0
+    state: StageState = dataclasses.field(default_factory=StageState)
+
+    def log(self, text: str) -> None:
+        stamp = dt.datetime.now().isoformat(timespec="seconds")
+        with open(self.dir / "train.log", "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {text}\n")
+
+    def checkpoint(self, *, resume: bool) -> dict[str, Any]:
+        spec = self.stages[min(self.stage_index, len(self.stages) - 1)]
+        last = (self.history or [None])[-1]
+        ckpt = {"format_version": FORMAT_VERSION, "arch": self.cfg.model.arch,
+                "class_names": list(self.data.classes), "stage": spec.name,
+                "unfrozen_blocks": spec.unfreeze, "epoch": last.epoch if last else 0,
+                "metrics": {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss",
+                                                          "val_acc")} if last else {},
+                "preprocess": self.pre, "config": self.cfg.to_dict(),
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
+        if resume:
+            ckpt["resume"] = {"stages": [dataclasses.asdict(s) for s in self.stages],
+                              "stage_index": self.stage_index, "state": state_to_dict(self.state),
+                              "history": [r.__dict__.copy() for r in self.history]}
+        return ckpt
+
+    def save(self, state: StageState, is_best: bool) -> None:
+        self.state = state
+        self.history = self._done_history() + list(state.history)
+        write_csv(self.dir / "metrics.csv", METRICS_HEADER, [r.row() for r in self.history])
+        save_checkpoint(self.dir / "last.pt", self.checkpoint(resume=True))
+        if is_best:
+            save_checkpoint(self.dir / "best.pt", self.checkpoint(resume=False))
+        r = state.history[-1]
+        self.log(f"{r.stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc "
+                 f"{r.train_acc:.4f} val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f}"
+                 + (" (best)" if is_best else ""))
+
+    def _done_history(self) -> list:
+        names = {s.name for s in self.stages[self.stage_index:]}
+        return [r for r in self.history if r.stage not in names]
+
+
+def _start(cfg: Config, data: ScanResult, model: nn.Module, pre: dict, stages: list[StageSpec],
+           callbacks: Callbacks) -> Run:
+    run_dir = new_run_dir(cfg.output, cfg.name)
+    run = Run(run_dir, cfg, data, model, pre, stages)
+    write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    write_csv(run_dir / "splits.csv", ["path", "label", "split"],
+              [(s.path, data.classes[s.label], s.split) for s in data.samples])
+    write_csv(run_dir / "skipped.csv", ["path", "reason"], data.skipped)
+    for w in data.warnings:
+        run.log(f"warning: {w}")
+        callbacks.on_message(f"warning: {w}")
+    if data.skipped:
+        msg = f"skipped {len(data.skipped)} file(s) that are not usable images; see {run_dir / 'skipped.csv'}"
+        run.log(msg)
+        callbacks.on_message(msg)
+    save_checkpoint(run_dir / "last.pt", run.checkpoint(resume=True))
+    update_latest(run_dir)
+    callbacks.on_message(f"run directory: {run_dir}")
+    return run
+
+
+def _scan(cfg: Config) -> ScanResult:
+    return scan(cfg.data.root, cfg.data.val_split, cfg.seed)
+
+
+def _execute(run: Run, callbacks: Callbacks) -> Path:
+    """Run the remaining stages of `run`; Ctrl-C / SIGTERM leave a resumable last.pt."""
+    device = pick_device(run.cfg.device)
+    torch.set_flush_denormal(True)  # denormal floats make CPU convolutions crawl
+    try:
+        while run.stage_index < len(run.stages):
+            spec = run.stages[run.stage_index]
+            feed = make_feed(run.cfg, run.data, run.pre, run.model, spec.unfreeze, device, callbacks)
+            train_labels = [s.label for s in run.data.of("train")]
+            weights = class_weights(train_labels, len(run.data.classes)) \
+                if run.cfg.data.balance == "weights" else None
+            state = fit_stage(run.model, spec, feed, seed=run.cfg.seed, device=device,
+                              state=run.state, save=run.save, callbacks=callbacks,
+                              class_weights=weights)
+            run.stage_index += 1
+            # the next stage starts from the run's best score, so best.pt stays the best
+            run.state = StageState(best=state.best)
+            save_checkpoint(run.dir / "last.pt", run.checkpoint(resume=True))
+    except KeyboardInterrupt:
+        run.log("interrupted; resume with `mobiletune train --resume " + str(run.dir) + "`")
+        raise TrainingInterrupted(run.dir) from None
+    run.log("done")
+    return run.dir
+
+
+def train(cfg: Config, callbacks: Callbacks | None = None) -> Path:
+    """The head stage, then the finetune stage if the config has one. Returns the run dir."""
+    callbacks = callbacks or Callbacks()
+    data = _scan(cfg)
+    torch.manual_seed(cfg.seed)  # the new head's initialization
+    model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), cfg.model.dropout)
+    pre = preprocess_spec(cfg.model.arch, cfg.model.weights, cfg.data.image_size)
+    run = _start(cfg, data, model, pre, plan(cfg), callbacks)
+    return _execute(run, callbacks)
+
+
+def finetune(source: str | None, cfg_changes: dict[str, Any],
+             callbacks: Callbacks | None = None) -> Path:
+    """A new run that continues `source` (run dir, checkpoint, or runs/latest) with the
+    last N blocks unfrozen. `cfg_changes` is a nested dict of overrides."""
+    from mobiletune.config import apply_overrides, absolutize
+
+    callbacks = callbacks or Callbacks()
+    parent = load_checkpoint(source)
+    parent_dir = Path(parent["path"]).parent
+    raw = apply_overrides(parent["config"], list(cfg_changes.items()))
+    raw.update(parent=str(parent_dir), name=f"{Path(raw.get('name', 'run')).name}-ft")
+    cfg = absolutize(config_from_dict(raw, f"the config stored in {parent['path']}"))
+    if cfg.model.arch != parent["arch"]:
+        raise CheckpointError(f"{parent['path']} holds a {parent['arch']} model, not "
+                              f"{cfg.model.arch}; drop --arch or start from a matching run.")
+    data = _scan(cfg)
+    if list(data.classes) != list(parent["class_names"]):
+        raise CheckpointError(f"{parent['path']} was trained on classes {parent['class_names']}, "
+                              f"but {cfg.data.root} holds {data.classes}; finetune needs the same "
+                              "classes (train a new run instead).")
+    model = model_from_checkpoint(parent)
+    run = _start(cfg, data, model, parent["preprocess"], plan(cfg, head=False), callbacks)
+    return _execute(run, callbacks)
+
+
+def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
+    """Continue an interrupted run from its last.pt, in the same directory."""
+    callbacks = callbacks or Callbacks()
+    ckpt = load_checkpoint(run_dir, "last.pt")
+    if "resume" not in ckpt:
+        raise CheckpointError(f"{ckpt['path']} holds no resume state.")
+    cfg = config_from_dict(ckpt["config"], f"the config stored in {ckpt['path']}")
+    data = _scan(cfg)
+    model = model_from_checkpoint(ckpt)
+    r = ckpt["resume"]
+    from mobiletune.training import EpochResult
+
+    run = Run(Path(ckpt["path"]).parent, cfg, data, model, ckpt["preprocess"],
+              [StageSpec(**s) for s in r["stages"]], [EpochResult(**h) for h in r["history"]],
+              r["stage_index"], state_from_dict(r["state"]))
+    if run.stage_index >= len(run.stages):
+        callbacks.on_message(f"{run.dir} already finished; nothing to resume.")
+        return run.dir
+    run.log("resumed")
+    update_latest(run.dir)
+    return _execute(run, callbacks)
