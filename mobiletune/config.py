@@ -112,11 +112,15 @@ def all_keys() -> list[str]:
 
 def _suggest(full: str) -> str:
     """' Did you mean ...?' for a mistyped dotted key, or '' when nothing is close."""
-    candidates = all_keys()
-    close = difflib.get_close_matches(full, candidates, n=1, cutoff=0.5)
-    if not close:  # a key in the wrong section (`lr` under data) or a typo of its last part
-        last = full.rsplit(".", 1)[-1]
-        names = {k.rsplit(".", 1)[-1]: k for k in candidates}
+    candidates = all_keys() + list(SECTIONS)
+    last = full.rsplit(".", 1)[-1]
+    names: dict[str, str] = {}
+    for k in all_keys():  # first section wins: `lr` suggests train.lr before finetune.lr
+        names.setdefault(k.rsplit(".", 1)[-1], k)
+    if last in names:  # the right key in the wrong section: `lr` under data -> train.lr
+        return f" Did you mean '{names[last]}'?"
+    close = difflib.get_close_matches(full, candidates, n=1, cutoff=0.6)
+    if not close:
         near = difflib.get_close_matches(last, list(names), n=1, cutoff=0.6)
         close = [names[near[0]]] if near else []
     return f" Did you mean '{close[0]}'?" if close else ""
