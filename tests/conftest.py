@@ -46,13 +46,13 @@ def _fast_cpu():
     yield
 
 
-def tiny_config(tmp_path: Path, data: Path, **sections) -> Path:
+def tiny_config(tmp_path: Path, data_root: Path, **sections) -> Path:
     """A config file for a 1-epoch, weights-none, 32 px run in tmp_path."""
     import yaml
 
     cfg = {"name": "t", "output": str(tmp_path / "runs"), "device": "cpu",
            "model": {"arch": "mobilenet_v3_small", "weights": "none"},
-           "data": {"root": str(data), "image_size": 32, "batch_size": 8, "workers": 0},
+           "data": {"root": str(data_root), "image_size": 32, "batch_size": 8, "workers": 0},
            "train": {"epochs": 1, "lr": 1e-2}}
     for k, v in sections.items():
         cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.update({k: v})
