@@ -1,0 +1,119 @@
+"""The commands end to end on a tiny folder: train, finetune, predict, and their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiletune.cli import app
+from tests.conftest import make_folder, tiny_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    data = make_folder(tmp / "data", classes=("red", "green"), per_class=6)
+    cfg = tiny_config(tmp, data, data={"cache": False})
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--quiet", "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    return tmp, data, cfg
+
+
+def test_train_writes_the_run_directory(trained):
+    tmp, data, cfg = trained
+    run = tmp / "runs" / "t"
+    for name in ("config.yaml", "metrics.csv", "best.pt", "last.pt", "splits.csv",
+                 "skipped.csv", "train.log"):
+        assert (run / name).is_file(), name
+    assert (tmp / "runs" / "latest").resolve() == run.resolve()
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "stage,epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds"
+    assert [r.split(",")[:2] for r in rows[1:]] == [["head", "1"], ["head", "2"]]
+    ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["class_names"] == ["green", "red"] and ckpt["arch"] == "mobilenet_v3_small"
+    assert set(ckpt["preprocess"]) == {"resize", "crop", "mean", "std"}
+    assert ckpt["config"]["data"]["image_size"] == 32
+
+
+def test_checkpoint_round_trip_gives_identical_logits(trained):
+    tmp, _, _ = trained
+    ckpt = load_checkpoint(tmp / "runs" / "t")
+    a, b = model_from_checkpoint(ckpt), model_from_checkpoint(ckpt)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_second_run_with_same_name_is_kept_beside(trained):
+    tmp, _, cfg = trained
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--quiet", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert (tmp / "runs" / "t" / "best.pt").is_file() and (tmp / "runs" / "t-2" / "best.pt").is_file()
+
+
+def test_finetune_makes_a_child_run(trained):
+    tmp, _, _ = trained
+    res = runner.invoke(app, ["finetune", "--from", str(tmp / "runs" / "t"), "--unfreeze", "2",
+                              "--lr", "1e-4", "--epochs", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    child = tmp / "runs" / "t-ft"
+    ckpt = torch.load(child / "last.pt", weights_only=True)
+    assert ckpt["stage"] == "finetune" and ckpt["unfrozen_blocks"] == 2
+    assert "parent: " + str(tmp / "runs" / "t") in (child / "config.yaml").read_text()
+
+
+def test_predict_json_lines(trained):
+    tmp, data, _ = trained
+    files = sorted(str(p) for p in (data / "red").glob("*.jpg"))[:3]
+    bad = tmp / "broken.jpg"
+    bad.write_text("nope")
+    res = runner.invoke(app, ["predict", *files, str(bad), "--json", "--top-k", "2",
+                              "--checkpoint", str(tmp / "runs" / "t")])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.strip().splitlines()]
+    assert [x["path"] for x in lines] == files + [str(bad)]
+    for x in lines[:3]:
+        assert x["label"] in ("red", "green") and x["top_k"][0]["label"] == x["label"]
+        assert abs(sum(t["prob"] for t in x["top_k"]) - 1) < 1e-4
+    assert "error" in lines[3] and "label" not in lines[3]
+
+
+def test_predict_errors_exit_2(trained, tmp_path):
+    tmp, data, _ = trained
+    res = runner.invoke(app, ["predict", str(data), "--checkpoint", str(tmp_path / "none.pt")])
+    assert res.exit_code == 2 and "not found" in res.output
+    bad = tmp_path / "x.jpg"
+    bad.write_text("x")
+    res = runner.invoke(app, ["predict", str(bad), "--checkpoint", str(tmp / "runs" / "t")])
+    assert res.exit_code == 2 and "could be read" in res.output
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("trian:\n  epochs: 1\n")
+    res = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert res.exit_code == 2 and "Did you mean 'train'" in res.output
+    assert "Traceback" not in res.output
+    cfg.write_text(f"data:\n  root: {tmp_path / 'missing'}\nmodel:\n  weights: none\n")
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_help_is_fast_and_lists_defaults():
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mobiletune", "train", "--help"],
+                          capture_output=True, text=True, check=True)
+    assert time.perf_counter() - start < 5  # generous: CI machines are noisy; ~0.3 s here
+    assert "--config" in proc.stdout and "--set" in proc.stdout
+    code = "import sys, mobiletune.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True).stdout.strip() == "False"
