@@ -18,6 +18,8 @@ from mobiletune.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _WHITE = (255, 255, 255)
+# random-resized-crop area range per augmentation level ("standard" is torchvision's default)
+_SCALES = {"light": (0.35, 1.0), "standard": (0.08, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ def probe(path: Path) -> str | None:
             with Image.open(path) as img:
                 img.draft("RGB", (32, 32))  # a full but cheap decode: JPEG at 1/8 scale
                 img.load()
+                # the rest of load_image: a file that passes here also loads in training
+                _to_rgb(ImageOps.exif_transpose(img))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return f"larger than PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)"
     except OSError as e:
@@ -99,41 +103,93 @@ def probe(path: Path) -> str | None:
     return None
 
 
-def _walk(folder: Path) -> list[Path]:
-    """Every file under `folder`, following links but never around a loop."""
-    seen: set[str] = set()
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _dir_problem(d: Path, here: str, scanned: list[str], seen: set[str]) -> str | None:
+    """Why folder `d` (inside real folder `here`) must not be entered: a symlink that leads
+    back up (a loop), or to a folder that is scanned anyway (its images would count twice)."""
+    real = os.path.realpath(d)
+    if _within(here, real) or any(_within(r, real) for r in scanned):
+        return f"symlink loop: leads back to {real}"
+    if real in seen:
+        return f"links to {real}, which is already scanned"
+    if d.is_symlink() and any(_within(real, r) for r in scanned):
+        return f"links to {real}, which is scanned on its own"
+    return None
+
+
+def _walk(folder: Path, scanned: list[str], seen: set[str],
+          skipped: list[tuple[str, str]], hidden: str | None = None) -> list[Path]:
+    """Every file under `folder` (symlinks followed, never around a loop or twice); what
+    cannot be used, and every file under a hidden folder, goes to `skipped` with a reason."""
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
+    stack = [(folder, hidden)]
+    seen.add(os.path.realpath(folder))
+    while stack:
+        d, hid = stack.pop()
+        try:
+            entries = sorted(d.iterdir(), reverse=True)
+        except OSError as e:
+            skipped.append((str(d.absolute()), f"unreadable folder: {e.strerror or e}"))
             continue
-        seen.add(real)
-        dirnames.sort()
-        out += [Path(dirpath) / f for f in sorted(filenames)]
-    return out
+        for p in entries:
+            if p.is_symlink() and not p.exists():
+                skipped.append((str(p.absolute()), "broken or looping symbolic link"))
+            elif p.is_dir():
+                why = _dir_problem(p, os.path.realpath(d), scanned, seen)
+                if why:
+                    skipped.append((str(p.absolute()), why))
+                else:
+                    seen.add(os.path.realpath(p))
+                    stack.append((p, hid or (p.name if p.name.startswith(".") else None)))
+            elif hid:
+                skipped.append((str(p.absolute()), f"inside hidden folder {hid}"))
+            else:
+                out.append(p)
+    return sorted(out)
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _scan_classes(folder: Path, skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
+def _scan_classes(folder: Path, scanned: list[str], seen: set[str],
+                  skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
     """class name -> usable absolute paths; unusable files go to `skipped`."""
     found: dict[str, list[str]] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.parent == folder:
-            skipped.append((str(p.absolute()), "not inside a class folder"))
-    for d in _class_dirs(folder):
+        if not p.is_dir():
+            why = "broken or looping symbolic link" if p.is_symlink() and not p.exists() \
+                else "not inside a class folder"
+            skipped.append((str(p.absolute()), why))
+            continue
+        why = _dir_problem(p, os.path.realpath(folder), scanned, seen)
+        if why or p.name.startswith("."):
+            if why:
+                skipped.append((str(p.absolute()), why))
+            else:  # .git, .ipynb_checkpoints: not a class, but its files are accounted for
+                _walk(p, scanned, seen, skipped, hidden=p.name)
+            continue
         good = []
-        for f in _walk(d):
+        for f in _walk(p, scanned, seen, skipped):
             why = probe(f) if f.is_file() else "not a regular file"
             if why:
                 skipped.append((str(f.absolute()), why))
             else:
                 good.append(str(f.absolute()))
-        found[d.name] = good
+        found[p.name] = good
     return found
+
+
+def _account_outside(root: Path, scanned: list[str], seen: set[str],
+                     skipped: list[tuple[str, str]]) -> None:
+    """With train/ and val/ folders, anything else under the root is listed, never used."""
+    for p in sorted(root.iterdir()):
+        if p.name in ("train", "val"):
+            continue
+        if p.is_dir() and not _dir_problem(p, os.path.realpath(root), scanned, seen):
+            found = _walk(p, scanned, seen, skipped)
+            skipped += [(str(f.absolute()), "outside train/ and val/") for f in found]
+        else:
+            skipped.append((str(p.absolute()), "outside train/ and val/"))
 
 
 def _split(paths: list[str], fraction: float, rng: random.Random) -> tuple[list[str], list[str]]:
@@ -154,8 +210,14 @@ def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0) -> Scan
     skipped: list[tuple[str, str]] = []
     warn: list[str] = []
     has_split = (root / "train").is_dir()
-    train = _scan_classes(root / "train" if has_split else root, skipped)
-    val = _scan_classes(root / "val", skipped) if (root / "val").is_dir() and has_split else {}
+    folders = [root / "train", root / "val"] if has_split else [root]
+    scanned = [os.path.realpath(f) for f in folders]
+    seen: set[str] = set()
+    if has_split:
+        _account_outside(root, scanned, seen, skipped)
+    train = _scan_classes(folders[0], scanned, seen, skipped)
+    val = _scan_classes(folders[1], scanned, seen, skipped) if has_split and folders[1].is_dir() \
+        else {}
     for name in [c for c, paths in train.items() if not paths]:
         warn.append(f"class folder '{name}' holds no usable images and is ignored")
         del train[name]
@@ -194,9 +256,43 @@ def train_transform(pre: dict, augment: str):
 
     if augment == "none":
         return eval_transform(pre)
-    scale = (0.35, 1.0) if augment == "light" else (0.08, 1.0)
-    steps = [T.RandomResizedCrop(pre["crop"], scale=scale), T.RandomHorizontalFlip()]
+    steps = [T.RandomResizedCrop(pre["crop"], scale=_SCALES[augment]), T.RandomHorizontalFlip()]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(pre["mean"], pre["std"])])
+
+
+def _crop_box(w: int, h: int, scale: tuple[float, float], rng: random.Random) -> tuple[int, int, int, int]:
+    """A random-resized-crop box (top, left, height, width): area fraction in `scale`,
+    aspect ratio log-uniform in [3/4, 4/3]; the whole image when ten tries miss."""
+    import math
+
+    for _ in range(10):
+        area = w * h * rng.uniform(*scale)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            return rng.randint(0, h - ch), rng.randint(0, w - cw), ch, cw
+    side = min(w, h)
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+def augmented_view(img: Image.Image, pre: dict, augment: str, rng: random.Random):
+    """One training view drawn from `rng` alone (thread-safe, reproducible): the same
+    distribution as `train_transform`, without touching torch's global RNG."""
+    from torchvision.transforms import functional as TF
+
+    if augment == "none":
+        return eval_transform(pre)(img)
+    top, left, ch, cw = _crop_box(img.width, img.height, _SCALES[augment], rng)
+    view = TF.resized_crop(img, top, left, ch, cw, [pre["crop"], pre["crop"]], antialias=True)
+    if rng.random() < 0.5:
+        view = TF.hflip(view)
+    return TF.normalize(TF.to_tensor(view), pre["mean"], pre["std"])
+
+
+def decode_side(pre: dict) -> int:
+    """Smallest side JPEGs must keep when decoded at reduced scale: random crops may
+    take a quarter of the area, so keep twice the crop (and at least the resize)."""
+    return max(pre["resize"], 2 * pre["crop"])
 
 
 class ImageDataset:

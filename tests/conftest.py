@@ -39,10 +39,12 @@ def tiny_data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _fast_cpu():
+def _fast_cpu(tmp_path_factory, monkeypatch):
     import torch
 
     torch.set_flush_denormal(True)  # random-init weights are full of denormals: slow on CPU
+    # a per-session feature cache: tests never touch (or trust) the user's ~/.cache
+    monkeypatch.setenv("MOBILETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     yield
 
 

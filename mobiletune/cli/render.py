@@ -35,9 +35,28 @@ class RichCallbacks(Callbacks):
         self.task = None
         self.images = 0
         self.t0 = 0.0
+        self._label: str | None = None
 
     def on_message(self, text: str) -> None:
         err.print(text, highlight=False, markup=False)
+
+    def on_progress(self, label: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.progress is None or self.task is None or done <= 0 or self._label != label:
+            self._start_bar(label, total)
+        self.progress.update(self.task, completed=done, stats="")
+        if done >= total:
+            self.progress.stop()
+            self.progress, self._label = None, None
+
+    def _start_bar(self, label: str, total: int) -> None:
+        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+                                 console=err, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task(label, total=total, stats="")
+        self._label = label
 
     def on_stage_start(self, spec: StageSpec, rows: list) -> None:
         if not self.quiet:
@@ -61,6 +80,7 @@ class RichCallbacks(Callbacks):
     def on_epoch_end(self, r: EpochResult, improved: bool) -> None:
         if self.progress:
             self.progress.stop()
+            self.progress = None
         star = " [green]*best[/]" if improved else ""
         err.print(f"{r.stage} {r.epoch}: train loss {r.train_loss:.4f} acc {r.train_acc:.3f} | "
                   f"val loss {r.val_loss:.4f} acc {r.val_acc:.3f} | {r.seconds:.1f}s{star}",
