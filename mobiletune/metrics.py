@@ -46,7 +46,7 @@ def averages(scores: dict[str, np.ndarray]) -> dict[str, float]:
     support = scores["support"].astype(np.float64)
     total = support.sum()
     out: dict[str, float] = {}
-    for key in ("precision", "recall", "f1"):
+    for key in ("f1", "precision", "recall"):
         values = scores[key]
         out[f"macro_{key}"] = float(values.mean()) if values.size else 0.0
         out[f"weighted_{key}"] = float((values * support).sum() / total) if total else 0.0
@@ -121,19 +121,19 @@ def classification_metrics(probs: np.ndarray, y_true: Sequence[int], class_names
     scores = per_class_scores(cm)
     ks = sorted({k for k in top_k if k == 1 or k < c})
     out: dict[str, Any] = {
-        "num_samples": int(len(t)),
         "accuracy": float(np.trace(cm) / len(t)) if len(t) else 0.0,
         **averages(scores),
-        "top_k": {f"top_{k}": top_k_accuracy(probs, t, k) for k in ks},
-        "ece": expected_calibration_error(probs, t, n_bins),
-        "calibration_bins": calibration_bins(probs, t, n_bins),
         "per_class": {name: {"precision": float(scores["precision"][i]),
                              "recall": float(scores["recall"][i]),
                              "f1": float(scores["f1"][i]),
                              "support": int(scores["support"][i])}
                       for i, name in enumerate(class_names)},
+        "top_k": {f"top_{k}": top_k_accuracy(probs, t, k) for k in ks},
+        "ece": expected_calibration_error(probs, t, n_bins),
         "most_confused": most_confused(cm, class_names),
+        "num_samples": int(len(t)),
         "class_names": list(class_names),
         "confusion_matrix": cm.tolist(),
+        "calibration_bins": calibration_bins(probs, t, n_bins),
     }
     return out

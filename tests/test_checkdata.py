@@ -132,3 +132,29 @@ def test_missing_or_empty_folder_is_a_data_error(tmp_path: Path):
         check_data(tmp_path / "nope")
     with pytest.raises(DataError, match="no images"):
         check_data(tmp_path)
+
+
+def test_cli_exit_codes_and_json(clean: Path, tmp_path: Path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mobiletune.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["check-data", str(clean)])
+    assert res.exit_code == 0, res.output
+    assert "clean" in res.output
+    copy = clean / "val" / "bees" / "leaked.jpg"
+    shutil.copy(clean / "train" / "ants" / "ants_train_2.jpg", copy)
+    res = runner.invoke(app, ["check-data", str(clean)])
+    assert res.exit_code == 1
+    assert "leaked.jpg" in res.output.replace("\n", "")
+    res = runner.invoke(app, ["check-data", str(clean), "--json"])
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["clean"] is False
+    assert [(d["kind"], d["b"]) for d in doc["duplicates"]] == [("leak", str(copy))]
+    assert doc["counts"]["val"]["bees"] == 4
+    res = runner.invoke(app, ["check-data", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "does not exist" in res.output

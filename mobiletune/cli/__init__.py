@@ -4,3 +4,5 @@ none imports torch at module level, so `--help` answers instantly."""
 from mobiletune.cli.app import app, main  # noqa: F401
 from mobiletune.cli import train_cmd  # noqa: F401,E402
 from mobiletune.cli import predict_cmd  # noqa: F401,E402
+from mobiletune.cli import evaluate_cmd  # noqa: F401,E402
+from mobiletune.cli import checkdata_cmd  # noqa: F401,E402

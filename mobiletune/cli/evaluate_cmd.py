@@ -1,0 +1,162 @@
+"""`mobiletune evaluate`: metrics, confusion matrix, plots and an HTML report for a checkpoint."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from mobiletune.cli.app import app, err, guarded, out
+
+
+def _folder_images(data: Path, class_names: list[str]) -> tuple[list[str], list[int], str]:
+    """DATA/val/<class>/* when DATA has a val/ folder, else every image in DATA/<class>/*."""
+    from mobiletune.data import IMAGE_EXTENSIONS
+    from mobiletune.errors import DataError
+
+    if not data.is_dir():
+        raise DataError(f"--data {data} is not a folder. Pass a folder of class folders "
+                        "(DIR/<class>/*.jpg) or a data root with DIR/val/<class>/.")
+    folder = data / "val" if (data / "val").is_dir() else data
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [d.name for d in dirs if d.name not in class_names]
+    if unknown:
+        raise DataError(f"{folder} has class folder(s) {', '.join(unknown)} that the model does "
+                        f"not know; it was trained on {', '.join(class_names)}.")
+    paths, labels = [], []
+    for d in dirs:
+        files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith(".")
+                       and f.suffix.lower() in IMAGE_EXTENSIONS)
+        paths += [str(f.absolute()) for f in files]
+        labels += [class_names.index(d.name)] * len(files)
+    return paths, labels, str(folder.absolute())
+
+
+def _split_images(run_dir: Path, class_names: list[str]) -> tuple[list[str], list[int], str]:
+    """The run's validation images from its splits.csv (split = val)."""
+    from mobiletune.errors import DataError
+
+    path = run_dir / "splits.csv"
+    if not path.is_file():
+        raise DataError(f"{run_dir} has no splits.csv, so its validation images are unknown. "
+                        "Pass a folder of labelled images with --data DIR.")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("split") == "val"]
+    bad = sorted({r["label"] for r in rows if r["label"] not in class_names})
+    if bad:
+        raise DataError(f"{path} names label(s) {', '.join(bad)} that the checkpoint does not "
+                        f"know ({', '.join(class_names)}); is it the same run?")
+    return [r["path"] for r in rows], [class_names.index(r["label"]) for r in rows], \
+        f"{path} (val)"
+
+
+def _onnx_probs(model: Any, paths: list[str], batch_size: int,
+                on_batch: Callable[[int], None]) -> tuple[Any, list[tuple[str, str]]]:
+    """predict_probs for an exported ONNX model: NaN rows and (path, error) for bad files."""
+    import numpy as np
+
+    from mobiletune.data import load_image
+
+    probs = np.full((len(paths), len(model.class_names)), np.nan, dtype=np.float32)
+    errors: list[tuple[str, str]] = []
+    for start in range(0, len(paths), batch_size):
+        images, rows = [], []
+        for i, p in enumerate(paths[start:start + batch_size], start):
+            try:
+                images.append(load_image(p, model.preprocess["resize"]))
+                rows.append(i)
+            except Exception as e:  # unreadable or missing: reported, not fatal
+                errors.append((p, f"unreadable image: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"))
+        if images:
+            probs[rows] = model.predict_images(images)
+        on_batch(len(paths[start:start + batch_size]))
+    return probs, errors
+
+
+def _open_model(checkpoint: Optional[str]) -> tuple[Callable, list[str], Path, dict[str, Any]]:
+    """(probs function, class names, run directory, report info) for a .pt or .onnx file."""
+    if checkpoint and checkpoint.lower().endswith(".onnx"):
+        from mobiletune.onnx_engine import OnnxPredictor
+
+        model = OnnxPredictor.from_file(checkpoint)
+        p = Path(checkpoint).absolute()
+        run = p.parent.parent if p.parent.name == "export" else p.parent
+        return (lambda paths, bs, cb: _onnx_probs(model, paths, bs, cb), list(model.class_names),
+                run, {"model": str(p), "engine": "ONNX Runtime"})
+    from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
+    from mobiletune.predict import Predictor
+
+    ckpt = load_checkpoint(checkpoint)
+    predictor = Predictor(model_from_checkpoint(ckpt), ckpt["class_names"], ckpt["preprocess"])
+    info = {"checkpoint": ckpt["path"], "arch": ckpt["arch"], "stage": ckpt["stage"],
+            "epoch": ckpt["epoch"]}
+    return (lambda paths, bs, cb: predictor.predict_probs(paths, bs, cb),
+            list(ckpt["class_names"]), Path(ckpt["path"]).absolute().parent, info)
+
+
+def _print_summary(m: dict[str, Any], files: dict[str, Path]) -> None:
+    from rich.table import Table
+
+    table = Table(title="per class", show_edge=False)
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, r in m["per_class"].items():
+        table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                      str(r["support"]))
+    for avg in ("macro", "weighted"):
+        table.add_row(f"[bold]{avg} avg[/]", *(f"{m[f'{avg}_{k}']:.3f}" for k in
+                                               ("precision", "recall", "f1")), str(m["num_samples"]))
+    out.print(table)
+    tops = "  ".join(f"{k.replace('_', '-')} {v:.3f}" for k, v in m["top_k"].items())
+    out.print(f"accuracy [bold]{m['accuracy']:.4f}[/]  macro F1 [bold]{m['macro_f1']:.4f}[/]  "
+              f"{tops}  ECE {m['ece']:.4f}  images {m['num_samples']}", highlight=False)
+    for p in m["most_confused"][:5]:
+        out.print(f"  confused: {p['true']} -> {p['predicted']}: {p['count']}", highlight=False)
+    out.print(f"wrote {', '.join(files)} to {next(iter(files.values())).parent}", highlight=False)
+
+
+@app.command()
+@guarded
+def evaluate(
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory, .pt file or exported .onnx (default: runs/latest/best.pt)"),
+    data: Optional[str] = typer.Option(None, "--data", help="labelled images to evaluate on: DIR/val/<class>/* if DIR has val/, else DIR/<class>/* (default: the run's val split from splits.csv)"),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="where to write metrics.json, confusion_matrix.csv/.png, report.html (default: <run>/eval)"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per forward pass"),
+    gallery: int = typer.Option(24, "--gallery", min=0, help="most confidently wrong images shown in report.html"),
+) -> None:
+    """Evaluate a checkpoint: accuracy, per-class scores, confusion matrix, calibration, report."""
+    import numpy as np
+    from rich.progress import Progress
+
+    from mobiletune.errors import DataError
+    from mobiletune.metrics import classification_metrics
+    from mobiletune.report import write_evaluation
+
+    probs_fn, names, run_dir, info = _open_model(checkpoint)
+    paths, labels, source = (_folder_images(Path(data), names) if data
+                             else _split_images(run_dir, names))
+    if not paths:
+        raise DataError(f"{source} holds no images to evaluate on.")
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(paths))
+        probs, errors = probs_fn(paths, batch_size, lambda n: bar.advance(task, n))
+    ok = [i for i in range(len(paths)) if not np.isnan(probs[i]).any()]
+    if not ok:
+        raise DataError(f"None of the {len(paths)} image(s) from {source} could be read "
+                        f"(first: {errors[0][0]}: {errors[0][1]}).")
+    for p, e in errors[:5]:
+        err.print(f"[yellow]skipped[/] {p}: {e}", highlight=False)
+    if errors:
+        err.print(f"[yellow]{len(errors)} of {len(paths)} image(s) could not be read and are "
+                  "left out of the metrics.[/]")
+    paths, labels, probs = [paths[i] for i in ok], [labels[i] for i in ok], probs[ok]
+    metrics = classification_metrics(probs, labels, names)
+    metrics["source"] = source
+    metrics["unreadable"] = [{"path": p, "error": e} for p, e in errors]
+    info = {**info, "data": source, "unreadable": len(errors) or None}
+    target = Path(out_dir) if out_dir else run_dir / "eval"
+    files = write_evaluation(target, metrics, paths, labels, probs, names, info,
+                             metrics_csv=run_dir / "metrics.csv", gallery=gallery)
+    _print_summary(metrics, files)
