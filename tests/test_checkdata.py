@@ -158,3 +158,25 @@ def test_cli_exit_codes_and_json(clean: Path, tmp_path: Path):
     assert doc["counts"]["val"]["bees"] == 4
     res = runner.invoke(app, ["check-data", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.integration
+def test_hymenoptera_clean_and_three_planted_copies_found(tmp_path: Path):
+    shared = Path(__file__).resolve().parents[1].parent / "shared"
+    src = shared / "datasets" / "hymenoptera"
+    if not src.is_dir():
+        pytest.skip(f"integration data not found at {src}")
+    root = tmp_path / "hym"  # links to the real photos: /work/shared is never modified
+    for f in src.rglob("*.jp*g"):
+        dst = root / f.relative_to(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(f)
+    assert check_data(root).problems == []
+    train = sorted((src / "train" / "bees").glob("*.jpg"))
+    shutil.copy(train[0], root / "val" / "bees" / "exact.jpg")
+    img = Image.open(train[10])
+    img.resize((img.width // 2, img.height // 2)).save(root / "val" / "ants" / "half.jpg")
+    Image.open(train[20]).save(root / "val" / "bees" / "q40.jpg", quality=40)
+    found = {(Path(d.a).name, Path(d.b).name) for d in check_data(root).duplicates}
+    assert found == {(train[0].name, "exact.jpg"), (train[10].name, "half.jpg"),
+                     (train[20].name, "q40.jpg")}
