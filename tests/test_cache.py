@@ -1,0 +1,140 @@
+"""The feature cache: same numbers as the live path, invalidated by any change that matters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobiletune import pipeline
+from mobiletune.cache import FeatureCache, cache_root, views_of
+from mobiletune.config import load_config
+from mobiletune.data import load_image
+from mobiletune.engine import TorchEngine, frozen_engine
+from mobiletune.model import build_model, configure_stage, preprocess_spec, split
+from mobiletune.training import Callbacks
+from tests.conftest import make_folder, make_image, tiny_config
+
+PRE = preprocess_spec("mobilenet_v3_small", "none", 32)
+
+
+class Recorder(Callbacks):
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def on_message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def cached(self) -> bool:
+        return any(m.startswith("caching frozen features") for m in self.messages)
+
+
+def _model(seed: int = 0):
+    """A random MobileNetV2 whose activations do not vanish (random init with unit BatchNorm
+    variance gives features of ~1e-10, which would make any comparison trivially pass)."""
+    torch.manual_seed(seed)
+    model = build_model("mobilenet_v2", "none", 2).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(1e-3)
+    return model
+
+
+@pytest.mark.parametrize("engine_kind", ["pytorch", "onnxruntime"])
+def test_cached_head_gradients_match_live(tmp_path, engine_kind):
+    img_path = make_image(tmp_path / "x.jpg", 48)
+    model = _model()
+    configure_stage(model, 0)
+    prefix, tail = split(model, 0)
+    store = FeatureCache(tmp_path / "c", "p", PRE, "standard", 3)
+    engine = frozen_engine(prefix, torch.device("cpu"), tmp_path / "c", 32, prefer=engine_kind)
+    store.fill([(str(img_path), "train")], engine)
+    cached = torch.from_numpy(np.array(store.load(str(img_path), "train"))).float()
+    views = torch.stack(views_of(load_image(img_path), PRE, "standard", 3,
+                                 store.path(str(img_path), "train").name.split(".")[0]))
+    y = torch.tensor([0, 1, 0])
+    tail.eval()  # no dropout: compare the arithmetic, not random masks
+    assert cached.abs().mean() > 0.1  # real signal, not vanishing activations
+    grads = []
+    for z in (prefix(views).detach(), cached):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(tail(z), y).backward()
+        grads.append(model.classifier[-1].weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], rtol=2e-2, atol=2e-3)  # float16 storage
+
+
+def test_prefix_cached_tail_equals_full_model():
+    """tail(engine(prefix)) is the full model, at the head depth and 3 blocks deep."""
+    model = _model()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        full = model(x)
+    assert full.abs().mean() > 0.1
+    for unfreeze in (0, 3):
+        prefix, tail = split(model, unfreeze)
+        z = TorchEngine(prefix, torch.device("cpu"))(x)  # channels_last, inference mode
+        with torch.no_grad():
+            assert torch.allclose(tail(z.clone()), full, rtol=1e-4, atol=1e-4)
+
+
+def test_changed_image_invalidates_its_entry(tmp_path):
+    a, b = make_image(tmp_path / "a.jpg", seed=1), make_image(tmp_path / "b.jpg", seed=2)
+    store = FeatureCache(tmp_path / "c", "p", PRE, "light", 2)
+    engine = lambda x: x.mean(dim=(2, 3))  # per-channel means: distinct images differ
+    jobs = [(str(a), "train"), (str(b), "eval")]
+    assert store.fill(jobs, engine) == 2 and store.missing(jobs) == []
+    before = np.array(store.load(str(a), "train"))
+    make_image(a, seed=9)  # replaced content, new mtime
+    os.utime(a, ns=(1, 1))
+    assert store.missing(jobs) == [(str(a), "train")]
+    store.fill(jobs, engine)
+    assert not np.array_equal(before, np.array(store.load(str(a), "train")))
+
+
+def test_runs_share_the_cache_only_when_everything_matches(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4)
+    base = load_config(tiny_config(tmp_path, data, data={"views": 2}))
+
+    def run(**sets) -> bool:
+        cfg = load_config(tiny_config(tmp_path, data, data={"views": 2}),
+                          list(sets.items()))
+        rec = Recorder()
+        pipeline.train(cfg, rec)
+        return rec.cached()
+
+    assert base.data.cache
+    assert run() is True  # cold
+    assert run() is False  # warm: nothing recomputed
+    assert run(**{"data.image_size": 48}) is True
+    assert run(**{"model.arch": "mobilenet_v2"}) is True
+    assert run(seed=5) is True  # weights none: the seed makes other backbone weights
+    w = tmp_path / "w.pth"
+    torch.manual_seed(3)
+    torch.save(build_model("mobilenet_v3_small", "none", 1000).state_dict(), w)
+    assert run(**{"model.weights": str(w)}) is True
+    assert run(**{"model.weights": str(w), "data.views": 3}) is True
+
+
+def test_finetune_after_train_reuses_the_cache(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4)
+    cfg = load_config(tiny_config(tmp_path, data, finetune={"unfreeze": 2, "epochs": 1}))
+    first = Recorder()
+    run = pipeline.train(cfg, first)
+    assert first.cached()
+    second = Recorder()
+    pipeline.finetune(str(run), {"finetune.unfreeze": 2}, second)
+    assert not second.cached()
+
+
+def test_cache_false_writes_nothing(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4)
+    cfg = load_config(tiny_config(tmp_path, data, data={"cache": False}))
+    before = set(Path(cache_root()).rglob("*")) if cache_root().exists() else set()
+    rec = Recorder()
+    run = pipeline.train(cfg, rec)
+    after = set(Path(cache_root()).rglob("*")) if cache_root().exists() else set()
+    assert not rec.cached() and after == before
+    assert (run / "best.pt").is_file()
