@@ -151,8 +151,22 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
     except KeyboardInterrupt:
         run.log("interrupted; resume with `mobiletune train --resume " + str(run.dir) + "`")
         raise TrainingInterrupted(run.dir) from None
+    _draw_curves(run, callbacks)
     run.log("done")
     return run.dir
+
+
+def _draw_curves(run: Run, callbacks: Callbacks) -> None:
+    """curves.png beside metrics.csv; a plotting failure must not fail a finished run."""
+    if not (run.dir / "metrics.csv").is_file():
+        return
+    try:
+        from mobiletune.report import plot_curves
+
+        plot_curves(run.dir / "metrics.csv", run.dir / "curves.png")
+    except Exception as e:  # noqa: BLE001 - matplotlib/font problems are not training errors
+        run.log(f"could not draw curves.png: {e}")
+        callbacks.on_message(f"warning: could not draw curves.png ({e})")
 
 
 def train(cfg: Config, callbacks: Callbacks | None = None) -> Path:

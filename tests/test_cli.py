@@ -32,7 +32,7 @@ def test_train_writes_the_run_directory(trained):
     tmp, data, cfg = trained
     run = tmp / "runs" / "t"
     for name in ("config.yaml", "metrics.csv", "best.pt", "last.pt", "splits.csv",
-                 "skipped.csv", "train.log"):
+                 "skipped.csv", "train.log", "curves.png"):
         assert (run / name).is_file(), name
     assert (tmp / "runs" / "latest").resolve() == run.resolve()
     rows = (run / "metrics.csv").read_text().splitlines()
