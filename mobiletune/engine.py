@@ -79,13 +79,18 @@ def export_onnx(module: nn.Module, path: Path, size: int) -> Path:
     return path
 
 
+def onnx_cache_path(module: nn.Module, cache_dir: Path, size: int) -> Path:
+    """Where the ONNX export of `module` (at this input size) lives in the cache."""
+    return cache_dir / "engines" / f"{module_digest(module, str(size))}.onnx"
+
+
 def frozen_engine(module: nn.Module, device: torch.device, cache_dir: Path | None, size: int,
                   prefer: str = "auto"):
     """ONNX Runtime on CPU when it is available and exports cleanly; PyTorch otherwise."""
     if device.type != "cpu" or prefer == "pytorch" or cache_dir is None:
         return TorchEngine(module, device)
     try:
-        path = cache_dir / "engines" / f"{module_digest(module, str(size))}.onnx"
+        path = onnx_cache_path(module, cache_dir, size)
         if not path.is_file():
             export_onnx(module, path, size)
         return OrtEngine(path)

@@ -52,9 +52,28 @@ def expand_inputs(items: Iterable[str]) -> list[str]:
 class Predictor:
     """A model plus its preprocessing and class names, ready for images."""
 
+    # Exporting to ONNX Runtime costs a few seconds once, then runs 3-5x faster on CPU:
+    # worth it from this many images on, or whenever the export is already cached.
+    ORT_FROM = 64
+
     def __init__(self, model: torch.nn.Module, class_names: list[str], pre: dict) -> None:
         self.model, self.class_names, self.pre = model.eval(), list(class_names), pre
         self.transform = eval_transform(pre)
+        self.engine = None
+
+    def _engine(self, n: int):
+        """The fast path `train` uses for frozen compute: ONNX Runtime on CPU, cached."""
+        if self.engine is None:
+            from mobiletune.cache import cache_root
+            from mobiletune.engine import TorchEngine, frozen_engine, onnx_cache_path
+
+            cpu = torch.device("cpu")
+            root, size = cache_root(), self.pre["crop"]
+            if n >= self.ORT_FROM or onnx_cache_path(self.model, root, size).is_file():
+                self.engine = frozen_engine(self.model, cpu, root, size)
+            else:
+                self.engine = TorchEngine(self.model, cpu)
+        return self.engine
 
     @classmethod
     def from_checkpoint(cls, arg: str | os.PathLike | None) -> "Predictor":
@@ -81,10 +100,8 @@ class Predictor:
                 ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
                 errors += [(chunk[i], d) for i, d in enumerate(decoded) if isinstance(d, str)]
                 if ok:
-                    with torch.inference_mode():
-                        x = torch.stack([decoded[i] for i in ok])
-                        p = torch.softmax(self.model(x).float(), 1).numpy()
-                    probs[[start + i for i in ok]] = p
+                    logits = self._engine(len(paths))(torch.stack([decoded[i] for i in ok]))
+                    probs[[start + i for i in ok]] = torch.softmax(logits.float(), 1).numpy()
                 if on_batch:
                     on_batch(len(chunk))
         return probs, errors
