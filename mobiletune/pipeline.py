@@ -92,9 +92,11 @@ class Run:
         self.state = state
         self.history = self._done_history() + list(state.history)
         write_csv(self.dir / "metrics.csv", METRICS_HEADER, [r.row() for r in self.history])
-        save_checkpoint(self.dir / "last.pt", self.checkpoint(resume=True))
+        # best.pt first: an interrupt between the two leaves last.pt one epoch behind, and
+        # resuming redoes that epoch (and rewrites best.pt); the other order loses best.pt
         if is_best:
             save_checkpoint(self.dir / "best.pt", self.checkpoint(resume=False))
+        save_checkpoint(self.dir / "last.pt", self.checkpoint(resume=True))
         r = state.history[-1]
         self.log(f"{r.stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc "
                  f"{r.train_acc:.4f} val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f}"
@@ -190,8 +192,11 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
     parent = load_checkpoint(source)
     parent_dir = Path(parent["path"]).parent
     raw = apply_overrides(parent["config"], list(cfg_changes.items()))
-    raw.update(parent=str(parent_dir), name=f"{Path(raw.get('name', 'run')).name}-ft")
-    cfg = absolutize(config_from_dict(raw, f"the config stored in {parent['path']}"))
+    raw["parent"] = str(parent_dir)
+    if "name" not in cfg_changes:  # cats -> cats-ft (then cats-ft-2, ...), unless renamed
+        raw["name"] = f"{raw.get('name', 'run')}-ft"
+    cfg = absolutize(config_from_dict(raw, f"the config stored in {parent['path']}",
+                                      cli=cfg_changes))
     if cfg.model.arch != parent["arch"]:
         raise CheckpointError(f"{parent['path']} holds a {parent['arch']} model, not "
                               f"{cfg.model.arch}; drop --arch or start from a matching run.")
@@ -213,6 +218,10 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
         raise CheckpointError(f"{ckpt['path']} holds no resume state.")
     cfg = config_from_dict(ckpt["config"], f"the config stored in {ckpt['path']}")
     data = _scan(cfg)
+    if list(data.classes) != list(ckpt["class_names"]):  # else labels overrun the head
+        raise CheckpointError(f"{ckpt['path']} was trained on classes {ckpt['class_names']}, but "
+                              f"{cfg.data.root} now holds {data.classes}; restore the class "
+                              "folders to resume, or start a new run.")
     model = model_from_checkpoint(ckpt)
     r = ckpt["resume"]
     from mobiletune.training import EpochResult
