@@ -36,7 +36,8 @@ def cache_root() -> Path:
 
 
 def _sha(text: str, n: int = 24) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
+    # surrogateescape: file names that are not valid UTF-8 hash by their raw bytes
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
 
 
 def image_key(path: str) -> str:

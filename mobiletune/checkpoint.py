@@ -15,12 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobiletune.config import ARCHS
 from mobiletune.errors import CheckpointError
 from mobiletune.runs import atomic_write, find_run
 
 FORMAT_VERSION = 1
 REQUIRED = ("format_version", "arch", "class_names", "stage", "unfrozen_blocks", "epoch",
             "metrics", "preprocess", "config", "model")
+_TYPES = {"format_version": int, "arch": str, "class_names": list, "stage": str,
+          "unfrozen_blocks": int, "epoch": int, "metrics": dict, "preprocess": dict,
+          "config": dict, "model": dict}
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
@@ -59,6 +63,12 @@ def load_checkpoint(arg: str | os.PathLike | None, name: str = "best.pt") -> dic
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
         raise CheckpointError(f"{path} is not a mobiletune checkpoint (missing {', '.join(missing)}).")
+    bad = [k for k, t in _TYPES.items() if not isinstance(ckpt[k], t)]
+    if ckpt.get("arch") not in ARCHS or not all(isinstance(c, str) for c in ckpt["class_names"]):
+        bad.append("arch" if ckpt.get("arch") not in ARCHS else "class_names")
+    if bad:  # checked here, so later code never trips over a damaged or foreign dict
+        raise CheckpointError(f"{path} is damaged or not a mobiletune checkpoint "
+                              f"(bad {', '.join(dict.fromkeys(bad))}); retrain or pick another.")
     if ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format_version {ckpt['format_version']}; this "
                               f"mobiletune reads up to {FORMAT_VERSION}. Upgrade mobiletune.")
@@ -70,11 +80,13 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the plain torchvision model of a checkpoint, in eval mode."""
     from mobiletune.model import build_model
 
-    dropout = ckpt["config"].get("model", {}).get("dropout", 0.2)
+    section = ckpt["config"].get("model")
+    dropout = section.get("dropout", 0.2) if isinstance(section, dict) else 0.2
+    dropout = float(dropout) if isinstance(dropout, (int, float)) else 0.2  # eval ignores it
     model = build_model(ckpt["arch"], "none", len(ckpt["class_names"]), dropout)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(f"Checkpoint {ckpt.get('path')} does not fit {ckpt['arch']} with "
                               f"{len(ckpt['class_names'])} classes: {str(e)[:300]}") from None
     return model.eval()

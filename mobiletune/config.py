@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import yaml
 
@@ -65,8 +66,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    # its upper bound depends on the arch: _check_cross names the right one
     unfreeze: int = _key(0, "last N blocks of model.features to train; 0 = no finetune stage",
-                         lo=0, hi=max(NUM_BLOCKS.values()))
+                         lo=0)
     epochs: int = _key(5, "finetune-stage epochs", lo=1, hi=10000)
     lr: float = _key(1.0e-5, "finetune-stage learning rate", lo=0.0, hi=10.0, lo_open=True)
     train_bn: bool = _key(False, "let BatchNorm running statistics move in unfrozen blocks")
@@ -145,6 +147,12 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
                           f"({type(value).__name__}).", key=key, value=value, source=source)
     if kind is float:
         value = float(value)
+        if not math.isfinite(value):  # NaN passes every range check below
+            raise ConfigError(f"{where} must be a finite number, got {value!r}.", key=key,
+                              value=value, source=source)
+    if kind is str and "\0" in value:  # a NUL byte breaks every path and file name later
+        raise ConfigError(f"{where} contains a NUL character.", key=key, value=value,
+                          source=source)
     choices = meta.get("choices")
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
@@ -161,7 +169,12 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     return value
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+def _source(key: str, source: str, cli: Collection[str]) -> str:
+    """Where a key's value came from: the command line for overridden keys, else `source`."""
+    return "the command line" if key in cli else source
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str, cli: Collection[str] = ()) -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
@@ -175,45 +188,57 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             raise ConfigError(f"Unknown key '{prefix}{name}' in {source}.{_suggest(prefix + str(name))}",
                               key=f"{prefix}{name}", value=value, choices=all_keys(), source=source)
         if name in SECTIONS and cls is Config:
-            values[name] = _build(SECTIONS[name], value, f"{name}.", source)
+            values[name] = _build(SECTIONS[name], value, f"{name}.", source, cli)
         elif name == "parent":
             values[name] = None if value is None else str(value)
         else:
-            values[name] = _coerce(value, known[name], f"{prefix}{name}", source)
+            key = f"{prefix}{name}"
+            values[name] = _coerce(value, known[name], key, _source(key, source, cli))
     return cls(**values)
 
 
-def _check_cross(cfg: Config, source: str) -> Config:
-    """Checks that span keys: workers syntax, unfreeze within the arch's blocks."""
+def _check_cross(cfg: Config, source: str, cli: Collection[str] = ()) -> Config:
+    """Checks that span keys: workers syntax, unfreeze within the arch's blocks, name."""
     w = cfg.data.workers
-    if w != "auto" and not (w.isdigit() and int(w) <= 64):
-        raise ConfigError(f"'data.workers' in {source} is {w!r}; use auto or a number 0-64.",
-                          key="data.workers", value=w, choices=("auto", "0-64"), source=source)
+    src = _source("data.workers", source, cli)
+    if w != "auto" and not (w.isascii() and w.isdigit() and int(w) <= 64):  # not '²'
+        raise ConfigError(f"'data.workers' in {src} is {w!r}; use auto or a number 0-64.",
+                          key="data.workers", value=w, choices=("auto", "0-64"), source=src)
     blocks = NUM_BLOCKS[cfg.model.arch]
     if cfg.finetune.unfreeze > blocks:
-        raise ConfigError(f"'finetune.unfreeze' in {source} is {cfg.finetune.unfreeze}, but "
+        src = _source("finetune.unfreeze", source, cli)
+        raise ConfigError(f"'finetune.unfreeze' in {src} is {cfg.finetune.unfreeze}, but "
                           f"{cfg.model.arch} has {blocks} blocks: use 1-{blocks} (0 = no finetune).",
                           key="finetune.unfreeze", value=cfg.finetune.unfreeze,
-                          choices=(0, blocks), source=source)
-    if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
-        raise ConfigError(f"'name' in {source} is {cfg.name!r}; use a plain folder name.",
-                          key="name", value=cfg.name, source=source)
+                          choices=(0, blocks), source=src)
+    # `latest` is the symlink to the newest run, so it cannot be a run's own name
+    if not cfg.name or "/" in cfg.name or cfg.name in (".", "..", "latest"):
+        src = _source("name", source, cli)
+        raise ConfigError(f"'name' in {src} is {cfg.name!r}; use a plain folder name "
+                          "(not latest).", key="name", value=cfg.name, source=src)
     return cfg
 
 
-def config_from_dict(raw: Any, source: str = "the config") -> Config:
-    """Validate a plain dict (from YAML or a checkpoint) into a Config."""
-    return _check_cross(_build(Config, raw, "", source), source)
+def config_from_dict(raw: Any, source: str = "the config", cli: Collection[str] = ()) -> Config:
+    """Validate a plain dict (from YAML or a checkpoint) into a Config; errors in the keys
+    named by `cli` (overrides) say they came from the command line."""
+    return _check_cross(_build(Config, raw, "", source, cli), source, cli)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; missing, empty or malformed files raise ConfigError."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"Config file {p} is a folder; pass a YAML file with --config.",
+                          key="--config", value=str(p))
     if not p.is_file():
         raise ConfigError(f"Config file {p} not found. Pass an existing YAML file with --config "
                           "(see configs/cats.yaml for every key).", key="--config", value=str(p))
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:  # permission denied, I/O error
+        raise ConfigError(f"Config file {p} cannot be read: {e.strerror or e}.", key="--config",
+                          value=str(p), source=str(p)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -222,6 +247,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
                           source=str(p)) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p} is not a UTF-8 text file.", value=str(p), source=str(p)) from None
+    except Exception as e:  # noqa: BLE001 - safe_load runs no user code; any failure is the text's
+        # PyYAML's constructors raise plain ValueError, IndexError, ... for `2024-13-45`,
+        # `!!int`, and RecursionError for very deep nesting
+        raise ConfigError(f"{p} is not valid YAML: a value cannot be read ({type(e).__name__}: "
+                          f"{str(e)[:120]}). Quote dates and tagged values.", value=str(p),
+                          source=str(p)) from None
     if raw is None:
         raise ConfigError(f"{p} is empty; it needs at least data.root (see configs/cats.yaml).",
                           value=str(p), source=str(p))
@@ -238,13 +269,18 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set {item!r} must look like section.key=value "
                           "(for example --set train.lr=1e-4).", key="--set", value=item)
+    if key in SECTIONS:
+        example = next(k for k in all_keys() if k.startswith(key + "."))
+        raise ConfigError(f"--set names the section '{key}', not a key; set one of its keys, "
+                          f"for example --set {example}=...", key=key, value=item,
+                          choices=all_keys())
     if key not in all_keys():
         raise ConfigError(f"--set names unknown key '{key}'.{_suggest(key)}",
                           key=key, value=item, choices=all_keys())
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
+    except Exception:  # noqa: BLE001 - as in read_yaml
+        value = text  # not YAML (`2024-13-45`): the key's type check has the last word
     return key, value
 
 
@@ -259,6 +295,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]]) -> di
         if "." in key:
             section, name = key.split(".", 1)
             node = out.get(section)
+            if node is not None and not isinstance(node, dict):
+                continue  # `data: pics` stays, so that config_from_dict reports it
             out[section] = dict(node) if isinstance(node, dict) else {}
             out[section][name] = value
         else:
@@ -270,14 +308,18 @@ def absolutize(cfg: Config, base: Path | None = None) -> Config:
     """Make data, output and weights paths absolute, so a stored config works from anywhere."""
     base = base or Path.cwd()
 
-    def absp(p: str) -> str:
-        return str((base / Path(p).expanduser()).resolve())
+    def absp(p: str, key: str) -> str:
+        try:
+            return str((base / Path(p).expanduser()).resolve())
+        except (RuntimeError, OSError) as e:  # `~nobody/x`, a symlink loop
+            raise ConfigError(f"'{key}' is {p!r}, which is not a usable path ({e}).",
+                              key=key, value=p) from None
 
     weights = cfg.model.weights
     if weights not in ("imagenet", "none"):
-        weights = absp(weights)
-    return replace(cfg, output=absp(cfg.output),
-                   data=replace(cfg.data, root=absp(cfg.data.root)),
+        weights = absp(weights, "model.weights")
+    return replace(cfg, output=absp(cfg.output, "output"),
+                   data=replace(cfg.data, root=absp(cfg.data.root, "data.root")),
                    model=replace(cfg.model, weights=weights))
 
 
@@ -285,7 +327,9 @@ def load_config(path: str | Path | None, overrides: list[tuple[str, Any]] = ()) 
     """Load a YAML config file (or defaults when `path` is None), apply overrides, validate."""
     raw = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "the command line"
-    return absolutize(config_from_dict(apply_overrides(raw, list(overrides)), source))
+    overrides = list(overrides)
+    cli = {k for k, _ in overrides}
+    return absolutize(config_from_dict(apply_overrides(raw, overrides), source, cli))
 
 
 def dump_yaml(cfg: Config) -> str:

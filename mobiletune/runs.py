@@ -39,7 +39,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a UTF-8 text file whole or not at all."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    # surrogateescape: a file name that is not valid UTF-8 is written back as its own bytes
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
 
 
 def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable]) -> Path:
@@ -54,14 +55,18 @@ def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterabl
 def new_run_dir(output: str | os.PathLike, name: str) -> Path:
     """Create and return `<output>/<name>`, or `<name>-2`, `-3`, ... if taken. Never reuses."""
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    for i in range(1, 100000):
-        candidate = out / (name if i == 1 else f"{name}-{i}")
-        try:
-            candidate.mkdir()  # atomic: two runs started together never share a folder
-            return candidate
-        except FileExistsError:
-            continue
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 100000):
+            candidate = out / (name if i == 1 else f"{name}-{i}")
+            try:
+                candidate.mkdir()  # atomic: two runs started together never share a folder
+                return candidate
+            except FileExistsError:  # a run, or anything else the user put there: keep it
+                continue
+    except OSError as e:  # `output` is a file, read-only, or on a full disk
+        raise CheckpointError(f"Cannot create a run directory in {out}: {e.strerror or e}. "
+                              "Choose another folder with --out (or `output:`).") from None
     raise CheckpointError(f"No free run name for {name!r} in {out}.")
 
 

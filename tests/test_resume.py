@@ -1,0 +1,156 @@
+"""Interrupts never lose work: Ctrl-C / SIGTERM exit 130 with a whole last.pt, and
+`train --resume` ends on exactly the metrics of a run that was never interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobiletune import pipeline
+from mobiletune.config import load_config
+from mobiletune.errors import TrainingInterrupted
+from mobiletune.training import Callbacks
+from tests.conftest import make_folder, make_image
+from tests.helpers_robust import invoke, read_csv, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = {"train": {"epochs": 2, "lr": 0.1}, "finetune": {"unfreeze": 2, "epochs": 2, "lr": 0.01}}
+
+
+class StopAt(Callbacks):
+    """Raise KeyboardInterrupt (what Ctrl-C does) at the end of an epoch, or at a step."""
+
+    def __init__(self, stage: str, epoch: int, step: int | None = None) -> None:
+        self.at, self.step, self.now = (stage, epoch), step, None
+
+    def on_epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None:
+        self.now = (stage, epoch)
+
+    def on_step(self, step: int, loss: float, acc: float, images: int) -> None:
+        if self.now == self.at and step == self.step:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, result, improved: bool) -> None:
+        if self.step is None and (result.stage, result.epoch) == self.at:
+            raise KeyboardInterrupt
+
+
+def history(run: Path) -> list[tuple]:
+    """(stage, epoch, train_loss, val_loss, val_acc) per epoch, full precision, from last.pt."""
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    return [(h["stage"], h["epoch"], h["train_loss"], h["val_loss"], h["val_acc"])
+            for h in ckpt["resume"]["history"]]
+
+
+def assert_same(a: list[tuple], b: list[tuple]) -> None:
+    assert [r[:2] for r in a] == [r[:2] for r in b]
+    for x, y in zip(a, b):
+        assert all(abs(x[i] - y[i]) <= 1e-4 for i in (2, 3, 4)), (x, y)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A data folder, a config per cache setting, and one uninterrupted reference run each."""
+    tmp = tmp_path_factory.mktemp("resume")
+    data = make_folder(tmp / "data", classes=("a", "b"), per_class=8, size=40)
+    refs = {}
+
+    def reference(cache: bool):
+        if cache not in refs:
+            cfg = write_config(tmp, data, name=f"c{int(cache)}", file=f"c{int(cache)}.yaml",
+                               data={"cache": cache, "augment": "standard"}, **SECTIONS)
+            refs[cache] = (cfg, pipeline.train(load_config(cfg)))
+        return refs[cache]
+
+    return tmp, data, reference
+
+
+@pytest.mark.parametrize("cache, stop", [
+    (False, StopAt("head", 1)),  # between epochs: resume runs head 2 and the finetune stage
+    (False, StopAt("finetune", 1, step=2)),  # mid-epoch, inside the second stage
+    (True, StopAt("head", 1, step=1)),  # the default feature cache on
+], ids=["head-end", "finetune-mid", "cache-head-mid"])
+def test_resume_reproduces_the_uninterrupted_run(setup, monkeypatch, cache, stop):
+    tmp, _, reference = setup
+    monkeypatch.setenv("MOBILETUNE_CACHE", str(tmp / "cache"))
+    cfg, ref = reference(cache)
+    with pytest.raises(TrainingInterrupted) as e:
+        pipeline.train(load_config(cfg), stop)
+    run = Path(e.value.run_dir)
+    assert run != ref  # a new directory beside the reference
+    done = history(run)  # last.pt is whole and loadable after the interrupt
+    assert len(done) < len(history(ref))
+    invoke(["train", "--resume", run, "-q"], 0)
+    assert_same(history(ref), history(run))
+    rows = read_csv(run / "metrics.csv")
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [h[:2] for h in history(ref)]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_of_a_finetune_run(setup):
+    tmp, _, reference = setup
+    _, parent = reference(False)
+    changes = {"finetune.unfreeze": 3, "finetune.epochs": 2, "finetune.lr": 0.01}
+    ref = pipeline.finetune(str(parent), changes)
+    with pytest.raises(TrainingInterrupted) as e:
+        pipeline.finetune(str(parent), changes, StopAt("finetune", 1))
+    run = Path(e.value.run_dir)
+    assert run.name.startswith(parent.name + "-ft") and run != ref
+    invoke(["train", "--resume", run, "-q"], 0)
+    assert_same(history(ref), history(run))
+    assert len(history(run)) == 2
+
+
+def test_resume_with_changed_classes_is_exit_2(setup, tmp_path):
+    _, _, _ = setup
+    data = make_folder(tmp_path / "d", classes=("a", "b"), per_class=4, size=40)
+    cfg = write_config(tmp_path, data, train={"epochs": 2})
+    with pytest.raises(TrainingInterrupted) as e:
+        pipeline.train(load_config(cfg), StopAt("head", 1))
+    for i in range(4):
+        make_image(data / "c" / f"c{i}.jpg", 40, seed=i, color=2)
+    res = invoke(["train", "--resume", e.value.run_dir, "-q"], 2)
+    assert "'c'" in res.stderr or "c]" in res.stderr
+
+
+def _start(cfg: Path, tmp: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MOBILETUNE_CACHE": str(tmp / "cache")}
+    return subprocess.Popen([sys.executable, "-m", "mobiletune", "train", "--config", str(cfg),
+                             "-q", "--epochs", "10000"], stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp, **kw)
+
+
+@pytest.mark.parametrize("how", ["SIGINT-group", "SIGTERM"])
+def test_signal_exits_130_with_a_loadable_last_pt(tmp_path, how):
+    data = make_folder(tmp_path / "d", classes=("a", "b"), per_class=4, size=40)
+    workers = 1 if how == "SIGINT-group" else 0  # Ctrl-C also reaches decode workers
+    cfg = write_config(tmp_path, data, data={"workers": workers})
+    proc = _start(cfg, tmp_path, start_new_session=True)
+    lines, deadline = [], time.monotonic() + 120
+    try:
+        for line in proc.stderr:  # wait until the first epoch is done and saved
+            lines.append(line)
+            if line.startswith("head 1:") or time.monotonic() > deadline:
+                break
+        assert any(x.startswith("head 1:") for x in lines), "".join(lines)
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole group
+        err = "".join(lines) + proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    run = tmp_path / "runs" / "t"
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] >= 1 and ckpt["resume"]["history"]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
