@@ -8,11 +8,16 @@ maps a float32 NCHW batch (already normalized) to logits; probabilities are a so
 from __future__ import annotations
 
 import json
+import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from mobiletune.errors import CheckpointError
+from mobiletune.runs import atomic_write
 
 META_KEYS = ("class_names", "resize", "crop", "mean", "std")
 
@@ -112,3 +117,84 @@ class OnnxPredictor:
         """Class probabilities for PIL images, preprocessed as the metadata says."""
         return self.predict_tensor(np.stack([preprocess_image(i, self.preprocess)
                                              for i in images]))
+
+
+class _Reader:
+    """The CalibrationDataReader protocol over preprocessed batches of training images."""
+
+    def __init__(self, batches: list[np.ndarray], input_name: str) -> None:
+        self._it = iter([{input_name: b} for b in batches])
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+
+def _float_tail(names: list[str], n_blocks: int, k: int) -> list[str]:
+    """Graph nodes outside `features[:n_blocks - k]`: the last k blocks, pooling and head.
+
+    The exporter names nodes after module paths (`/features/features.17/...`); quantization
+    error accumulates towards the output, so the tail is where float helps most for the
+    fewest multiply-adds (the last MobileNet blocks run at 7x7).
+    """
+    if k == 0:
+        return []
+    keep = []
+    for name in names:
+        m = re.match(r"/features/features\.(\d+)/", name)
+        if m is None or int(m.group(1)) >= n_blocks - k:
+            keep.append(name)
+    return keep
+
+
+def _accuracy(model: str | Path, batches: list[np.ndarray], labels: np.ndarray) -> float:
+    session = make_session(model)
+    name = session.get_inputs()[0].name
+    logits = np.concatenate([session.run(None, {name: b})[0] for b in batches])
+    return float((logits.argmax(1) == labels).mean())
+
+
+@dataclass
+class Int8Result:
+    """The int8 model written, how much of it stayed float, and its calibration accuracy."""
+
+    path: Path
+    float_blocks: int  # trailing blocks of `features` (and the head) kept float; 0 = all int8
+    calib_accuracy: tuple[float, float]  # (float, int8) on the calibration images
+
+
+def quantize_int8(float_path: str | Path, out_path: str | Path, batches: list[np.ndarray],
+                  labels: np.ndarray, meta: dict[str, str], *, n_blocks: int, budget: float,
+                  max_float_blocks: int = 6,
+                  progress: Callable[[str], None] = lambda _msg: None) -> Int8Result:
+    """Static int8 (QDQ, per-channel weights, MinMax ranges from `batches`), metadata kept.
+
+    When the int8 model's accuracy on the calibration images falls more than `budget` below
+    the float model's, the last 1, 2, ... `max_float_blocks` blocks and the head stay float
+    (mixed precision), and the first that meets the budget is written (else the last tried).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_static
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped, quant = Path(tmp) / "prep.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(float_path), str(prepped), skip_symbolic_shape=True)
+        names = [n.name for n in onnx.load(str(prepped)).graph.node]
+        input_name = make_session(prepped).get_inputs()[0].name
+        ref = _accuracy(prepped, batches, labels)
+        for k in range(0, min(max_float_blocks, n_blocks) + 1):
+            # ranges are calibrated once and cached: later tries only re-quantize
+            quantize_static(str(prepped), str(quant), _Reader(batches, input_name),
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            nodes_to_exclude=_float_tail(names, n_blocks, k),
+                            calibration_cache_path=str(Path(tmp) / "ranges.json"))
+            acc = _accuracy(quant, batches, labels)
+            if ref - acc <= budget:
+                break
+            done = f"the last {k} block(s) float" if k else "all int8"
+            progress(f"int8 ({done}) scores {acc:.3f} on the calibration images against "
+                     f"float {ref:.3f}; next: the last {k + 1} block(s) and the head float")
+        proto = onnx.load(str(quant))
+        onnx.helper.set_model_props(proto, {**meta, "int8_float_blocks": str(k)})
+        data = proto.SerializeToString()
+    return Int8Result(atomic_write(out_path, lambda f: f.write(data)), k, (ref, acc))

@@ -21,6 +21,10 @@ from torchvision.ops import SqueezeExcitation
 
 from mobiletune.model import build_model
 
+# (parameters, multiply-adds) at 224 px with the 1000-class head, as published:
+# MobileNetV2 (Sandler et al., 2018) and MobileNetV3 (Howard et al., 2019).
+PUBLISHED = {"mobilenet_v2": (3.50e6, 300e6), "mobilenet_v3_large": (5.48e6, 217e6),
+             "mobilenet_v3_small": (2.54e6, 56e6)}
 # Order in which roles are listed; "conv1x1" is a pointwise conv with no depthwise before it.
 ROLES = ("conv", "expand", "depthwise", "se", "pointwise", "conv1x1", "linear")
 
@@ -162,10 +166,17 @@ def profile_model(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
 
 
 def profile_arch(arch: str, image_size: int = 224, num_classes: int = 1000) -> dict:
-    """Profile a torchvision MobileNet with a `num_classes` head (1000: the published setup)."""
+    """Profile a torchvision MobileNet with a `num_classes` head (1000: the published setup).
+
+    `published` holds the papers' figures where the setup matches theirs (224 px, 1000
+    classes), else None.
+    """
     model = build_model(arch, "none", num_classes)
     out = profile_model(model, (3, image_size, image_size))
-    return {"arch": arch, "image_size": image_size, "num_classes": num_classes, **out}
+    same = image_size == 224 and num_classes == 1000
+    pub = PUBLISHED.get(arch) if same else None
+    return {"arch": arch, "image_size": image_size, "num_classes": num_classes,
+            "published": dict(params=pub[0], macs=pub[1]) if pub else None, **out}
 
 
 def time_ms(fn: Callable[[], object], min_runs: int = 3, budget_s: float = 1.0) -> float:

@@ -6,3 +6,5 @@ from mobiletune.cli import train_cmd  # noqa: F401,E402
 from mobiletune.cli import predict_cmd  # noqa: F401,E402
 from mobiletune.cli import evaluate_cmd  # noqa: F401,E402
 from mobiletune.cli import checkdata_cmd  # noqa: F401,E402
+from mobiletune.cli import profile_cmd  # noqa: F401,E402
+from mobiletune.cli import export_cmd  # noqa: F401,E402

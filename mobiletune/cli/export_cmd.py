@@ -1,0 +1,65 @@
+"""`mobiletune export`: ONNX or TorchScript (optionally int8), with a parity check."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from mobiletune.cli.app import app, err, guarded, out
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _report_table(r):
+    from rich.table import Table
+
+    t = Table(title=f"parity on {r.images} validation images", title_justify="left",
+              show_edge=False)
+    for col in ("model", "size", "batch-1 latency", "speed-up", "val accuracy"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    base = r.latency_ms["pytorch"]
+    for name, ms in r.latency_ms.items():
+        t.add_row(name, _mb(r.size_bytes[name]), f"{ms:.1f} ms", f"{base / ms:.1f}x",
+                  f"{r.accuracy[name]:.4f}")
+    return t
+
+
+def _summary(r, max_drop: float) -> str:
+    lines = [f"wrote {r.path}",
+             f"top-1 agreement with PyTorch: {r.agreement:.2%} of {r.images} images; "
+             f"largest probability difference {r.max_prob_diff:.2e}"]
+    if r.int8_path:
+        speed = r.latency_ms[r.format] / r.latency_ms["int8"]
+        mixed = f" (the last {r.int8_float_blocks} block(s) and the head kept float: " \
+            "full int8 lost too much on the calibration images)" if r.int8_float_blocks else ""
+        lines += [f"wrote {r.int8_path}{mixed}",
+                  f"int8 accuracy {r.accuracy['int8']:.4f} vs float {r.accuracy[r.format]:.4f} "
+                  f"(drop {r.int8_drop:+.4f}, allowed {max_drop}); {speed:.1f}x the float "
+                  "ONNX speed at batch 1"]
+    return "\n".join(lines)
+
+
+@app.command()
+@guarded
+def export(
+    format: str = typer.Option(..., "--format", help="onnx | torchscript"),
+    int8: bool = typer.Option(False, "--int8", help="also write a static int8 ONNX model (<name>.int8.onnx beside the float one), calibrated on the run's training images"),
+    out_path: Optional[str] = typer.Option(None, "--out", help="output file (default: <run>/export/model.onnx, or model.pt for torchscript)"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory or .pt file (default: runs/latest/best.pt)"),
+    data: Optional[str] = typer.Option(None, "--data", help="data folder for the parity check and int8 calibration (default: the run's splits.csv)"),
+    max_drop: float = typer.Option(0.03, "--max-drop", min=0.0, max=1.0, help="refuse the int8 model when its val accuracy is more than this below the float model's"),
+) -> None:
+    """Export a checkpoint for deployment, with class names and preprocessing in the file,
+    and check it against the PyTorch model on the run's validation images."""
+    from mobiletune.checkpoint import load_checkpoint
+    from mobiletune.export import export_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    report = export_checkpoint(
+        ckpt, format.lower(), out_path, int8=int8, data=data, max_drop=max_drop,
+        progress=lambda msg: err.print(f"[dim]{msg}...[/]", highlight=False))
+    out.print(_report_table(report))
+    out.print(_summary(report, max_drop), highlight=False)

@@ -1,0 +1,210 @@
+"""export: ONNX / TorchScript round trips with metadata, parity, int8, and OnnxPredictor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from mobiletune.config import Config
+from mobiletune.data import eval_transform, scan
+from mobiletune.errors import CheckpointError, ConfigError, DataError, MobiletuneError
+from mobiletune.export import (calibration_batches, check_samples, export_checkpoint,
+                               load_torchscript, metadata, onnx_bytes, write_onnx)
+from mobiletune.model import build_model, preprocess_spec
+from mobiletune.onnx_engine import OnnxPredictor, preprocess_image, quantize_int8
+from mobiletune.runs import write_csv
+from tests.conftest import make_folder
+
+CLASSES = ("ants", "bees", "wasps")
+FAST = {"latency_budget_s": 0.0}
+
+
+def make_run(root: Path, image_size: int = 64) -> Path:
+    """A run directory as `train` leaves it: best.pt (random weights) and splits.csv."""
+    torch.set_flush_denormal(True)
+    data = make_folder(root / "data", CLASSES, per_class=6, layout="split")
+    found = scan(data)
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", "none", len(found.classes))
+    cfg = Config().to_dict()
+    cfg["data"]["root"] = str(data)
+    ckpt = {"format_version": 1, "arch": "mobilenet_v3_small", "class_names": found.classes,
+            "stage": "head", "unfrozen_blocks": 0, "epoch": 1, "metrics": {},
+            "preprocess": preprocess_spec("mobilenet_v3_small", "none", image_size),
+            "config": cfg, "model": model.state_dict()}
+    run = root / "run"
+    save_checkpoint(run / "best.pt", ckpt)
+    write_csv(run / "splits.csv", ["path", "label", "split"],
+              [(s.path, found.classes[s.label], s.split) for s in found.samples])
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One float + int8 ONNX export, shared by the tests that only read it."""
+    run = make_run(tmp_path_factory.mktemp("exp"))
+    ckpt = load_checkpoint(run)
+    return ckpt, export_checkpoint(ckpt, "onnx", int8=True, max_drop=1.0, **FAST)
+
+
+def _probs(model, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+
+
+def test_onnx_round_trip_keeps_metadata_and_top1(exported):
+    import onnx
+
+    ckpt, report = exported
+    assert report.path == Path(ckpt["path"]).parent / "export" / "model.onnx"
+    props = {p.key: p.value for p in onnx.load(str(report.path)).metadata_props}
+    assert json.loads(props["class_names"]) == list(CLASSES)
+    pre = ckpt["preprocess"]
+    assert json.loads(props["mean"]) == pre["mean"] and json.loads(props["std"]) == pre["std"]
+    assert (int(props["resize"]), int(props["crop"])) == (pre["resize"], pre["crop"]) == (73, 64)
+    pred = OnnxPredictor.from_file(report.path)
+    assert pred.class_names == list(CLASSES) and pred.preprocess == pre
+    x = np.random.default_rng(0).normal(size=(5, 3, 64, 64)).astype(np.float32)
+    ref = _probs(model_from_checkpoint(ckpt), x)
+    for batch in (x[:1], x):  # the batch axis is dynamic
+        got = pred.predict_tensor(batch)
+        assert got.shape == (len(batch), 3)
+        np.testing.assert_array_equal(got.argmax(1), ref[:len(batch)].argmax(1))
+        np.testing.assert_allclose(got, ref[:len(batch)], atol=1e-5)
+
+
+def test_parity_report_on_the_runs_val_images(exported):
+    ckpt, report = exported
+    assert report.images == 6  # splits.csv: 2 val images per class
+    assert report.agreement == 1.0 and report.max_prob_diff < 1e-4
+    assert report.accuracy["onnx"] == report.accuracy["pytorch"]
+    assert set(report.latency_ms) == set(report.size_bytes) == {"pytorch", "onnx", "int8"}
+    assert all(v > 0 for v in report.latency_ms.values())
+
+
+def test_int8_model_is_quantized_runs_and_is_reported(exported):
+    import onnx
+
+    ckpt, report = exported
+    assert report.int8_path == report.path.with_name("model.int8.onnx")
+    assert report.int8_float_blocks == 0  # within a lenient budget, nothing stays float
+    ops = {n.op_type for n in onnx.load(str(report.int8_path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert report.size_bytes["int8"] < 0.5 * report.size_bytes["onnx"]
+    assert 0.0 <= report.accuracy["int8"] <= 1.0
+    assert report.int8_drop == pytest.approx(report.accuracy["onnx"] - report.accuracy["int8"])
+    pred = OnnxPredictor.from_file(report.int8_path)  # metadata survives quantization
+    assert pred.class_names == list(CLASSES)
+    x = np.random.default_rng(1).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    probs = pred.predict_tensor(x)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_int8_keeps_the_tail_float_when_full_int8_misses_the_budget(tmp_path):
+    import onnx
+
+    ckpt = load_checkpoint(make_run(tmp_path))
+    meta, model = metadata(ckpt), model_from_checkpoint(ckpt)
+    path = write_onnx(model, tmp_path / "f.onnx", meta, 64)
+    train, _ = check_samples(ckpt, None)
+    # a negative budget is never met: every try keeps one more block float, up to the cap
+    res = quantize_int8(path, tmp_path / "q.onnx", *calibration_batches(train, ckpt["preprocess"]),
+                        meta, n_blocks=len(model.features), budget=-1.0, max_float_blocks=2)
+    assert res.float_blocks == 2
+    proto = onnx.load(str(res.path))
+    assert {p.key: p.value for p in proto.metadata_props}["int8_float_blocks"] == "2"
+    made_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+
+    def quantized(node) -> bool:  # int8 weights reach the node through a DequantizeLinear
+        return made_by.get(node.input[1]) == "DequantizeLinear"
+
+    convs = {n.name: n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")}
+    blocks = {name: quantized(n) for name, n in convs.items()}
+    assert all(q for name, q in blocks.items() if "/features.10/" in name)
+    assert not any(q for name, q in blocks.items()
+                   if "/features.11/" in name or "/features.12/" in name or "classifier" in name)
+
+
+def test_int8_refused_beyond_max_drop_leaves_no_int8_file(tmp_path):
+    run = make_run(tmp_path)
+    out = tmp_path / "deploy" / "m.onnx"
+    with pytest.raises(MobiletuneError, match="--max-drop"):
+        # a negative allowance refuses even an int8 model as good as the float one
+        export_checkpoint(load_checkpoint(run), "onnx", out, int8=True, max_drop=-1.0, **FAST)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]
+
+
+def test_torchscript_round_trip(tmp_path):
+    ckpt = load_checkpoint(make_run(tmp_path))
+    report = export_checkpoint(ckpt, "torchscript", **FAST)
+    assert report.path.name == "model.pt" and report.agreement == 1.0
+    module, meta = load_torchscript(report.path)
+    assert json.loads(meta["class_names"]) == list(CLASSES) and int(meta["crop"]) == 64
+    x = np.random.default_rng(2).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(_probs(module, x), _probs(model_from_checkpoint(ckpt), x),
+                               atol=1e-6)
+
+
+def test_int8_needs_onnx_and_format_is_checked(tmp_path):
+    ckpt = load_checkpoint(make_run(tmp_path))
+    with pytest.raises(ConfigError, match="--format onnx"):
+        export_checkpoint(ckpt, "torchscript", int8=True)
+    with pytest.raises(ConfigError, match="onnx or torchscript"):
+        export_checkpoint(ckpt, "tflite")
+    assert not (tmp_path / "run" / "export").exists()
+
+
+def test_check_images_from_a_data_folder(tmp_path):
+    ckpt = load_checkpoint(make_run(tmp_path))
+    other = make_folder(tmp_path / "other", ("bees", "wasps"), per_class=3, layout="split")
+    train, val = check_samples(ckpt, str(other))
+    # labels follow the checkpoint's class order, not the folder's
+    assert {Path(s.path).parent.name: s.label for s in val} == {"bees": 1, "wasps": 2}
+    assert len(train) == 4 and len(val) == 2
+    with pytest.raises(DataError, match="moths"):
+        check_samples(ckpt, str(make_folder(tmp_path / "bad", ("ants", "moths"), layout="split")))
+
+
+@pytest.mark.parametrize("size", [(97, 61), (61, 97), (300, 200), (64, 64)])
+def test_numpy_preprocessing_matches_the_eval_transform(size):
+    pre = preprocess_spec("mobilenet_v2", "none", 64)
+    arr = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), np.uint8)
+    img = Image.fromarray(arr)
+    np.testing.assert_allclose(preprocess_image(img, pre), eval_transform(pre)(img).numpy(),
+                               atol=1e-5)
+
+
+def test_onnx_predictor_rejects_files_it_cannot_use(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        OnnxPredictor.from_file(tmp_path / "none.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="could not be opened"):
+        OnnxPredictor.from_file(tmp_path / "junk.onnx")
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(onnx_bytes(build_model("mobilenet_v3_small", "none", 2), 32))
+    with pytest.raises(CheckpointError, match="class_names"):
+        OnnxPredictor.from_file(plain)
+
+
+def test_cli_export_prints_parity_and_maps_errors_to_exit_2(tmp_path, monkeypatch):
+    from mobiletune.cli import app
+
+    monkeypatch.setattr("mobiletune.profile.time_ms", lambda fn, **kw: 1.0)  # no timing here
+    run = make_run(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", "--checkpoint", str(run), "--format", "onnx",
+                              "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "agreement with PyTorch: 100.00% of 6 images" in res.stdout
+    assert (tmp_path / "m.onnx").is_file()
+    bad = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "nope"), "--format", "onnx"])
+    assert bad.exit_code == 2 and "not found" in bad.output
+    bad = runner.invoke(app, ["export", "--checkpoint", str(run), "--format", "tflite"])
+    assert bad.exit_code == 2 and "onnx or torchscript" in bad.output
