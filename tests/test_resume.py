@@ -19,6 +19,7 @@ from mobiletune.errors import TrainingInterrupted
 from mobiletune.training import Callbacks
 from tests.conftest import make_folder, make_image
 from tests.helpers_robust import invoke, read_csv, write_config
+from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {"train": {"epochs": 2, "lr": 0.1}, "finetune": {"unfreeze": 2, "epochs": 2, "lr": 0.01}}
@@ -121,7 +122,8 @@ def test_resume_with_changed_classes_is_exit_2(setup, tmp_path):
 
 
 def _start(cfg: Path, tmp: Path, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MOBILETUNE_CACHE": str(tmp / "cache")}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MOBILETUNE_CACHE": str(tmp / "cache"),
+           "OMP_NUM_THREADS": "1"}  # as one_thread does in-process
     return subprocess.Popen([sys.executable, "-m", "mobiletune", "train", "--config", str(cfg),
                              "-q", "--epochs", "10000"], stderr=subprocess.PIPE, text=True,
                             env=env, cwd=tmp, **kw)

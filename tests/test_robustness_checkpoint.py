@@ -3,6 +3,7 @@ are never overwritten or left half-written."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -15,6 +16,7 @@ import torch
 from mobiletune.runs import atomic_write, new_run_dir
 from tests.conftest import WEIGHTS, make_folder
 from tests.helpers_robust import invoke, write_config
+from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +142,25 @@ def test_runs_with_one_name_live_side_by_side(run, tmp_path):
         ckpt = torch.load(out / d / "best.pt", weights_only=True)
         assert ckpt["class_names"] == ["ant", "bee"] and (out / d / "metrics.csv").is_file()
     assert (out / "latest").is_dir() and not (out / "latest").is_symlink()
+
+
+def test_disk_full_is_exit_2_and_keeps_the_saved_checkpoint(run, tmp_path, monkeypatch):
+    from mobiletune import pipeline
+
+    real, calls = pipeline.save_checkpoint, []
+
+    def full_after_first(path, ckpt):
+        calls.append(path)
+        if len(calls) > 1:  # the first last.pt fits, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, ckpt)
+
+    monkeypatch.setattr(pipeline, "save_checkpoint", full_after_first)
+    cfg = write_config(tmp_path, run.parent.parent / "data", train={"epochs": 2})
+    res = invoke(["train", "--config", cfg, "-q"], 2)
+    assert "No space left on device" in res.stderr
+    ckpt = torch.load(tmp_path / "runs" / "t" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 0 and "resume" in ckpt
 
 
 def test_atomic_write_leaves_the_old_file_whole_on_failure(tmp_path):

@@ -17,6 +17,7 @@ from mobiletune.config import (SECTIONS, Config, absolutize, all_keys, config_fr
 from mobiletune.errors import ConfigError
 from tests.conftest import make_folder
 from tests.helpers_robust import invoke, write_config
+from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
 
 GOOD = "name: t\nmodel:\n  arch: mobilenet_v3_small\n  weights: none\n"
 

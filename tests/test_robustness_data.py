@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+import mobiletune.data as D
 from mobiletune.data import load_image, scan
 from mobiletune.errors import DataError
 from tests.conftest import make_folder
 from tests.helpers_robust import (DATA_CASES, every_entry, invoke, make_messy, read_csv, rgb,
                                   save, write_config)
+from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.mark.parametrize("case", sorted(DATA_CASES))
@@ -84,14 +86,31 @@ def test_empty_class_folder_is_ignored_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize("layout", ["one_class", "one_usable_class"])
 def test_fewer_than_two_usable_classes_is_exit_2(tmp_path, layout):
-    root = make_folder(tmp_path / "d", classes=("only",), per_class=4, size=40)
+    root = make_folder(tmp_path / "d", classes=("[raw] only",), per_class=4, size=40)
     if layout == "one_usable_class":
         (root / "ghost").mkdir()
         (root / "ghost" / "a.jpg").write_text("not an image")
     with pytest.raises(DataError, match="at least 2"):
         scan(root)
     res = invoke(["train", "--config", write_config(tmp_path, root), "-q"], 2)
-    assert str(root) in res.stderr and "only" in res.stderr
+    assert str(root) in res.stderr and "[raw] only" in res.stderr  # brackets are not markup
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_that_breaks_after_the_scan_is_exit_2(tmp_path, monkeypatch, workers):
+    root = make_folder(tmp_path / "d", classes=("a", "b"), per_class=4, size=40)
+    real = D.load_image
+
+    def flaky(path, *args, **kwargs):  # the file changed on disk after the scan
+        if Path(path).name == "a_1.jpg":
+            raise OSError("image file is truncated")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(D, "load_image", flaky)
+    cfg = write_config(tmp_path, root, data={"workers": workers})
+    res = invoke(["train", "--config", cfg, "-q"], 2)  # a worker's traceback is not shown
+    assert "a_1.jpg could not be decoded" in res.stderr and "File " not in res.stderr
+    assert (tmp_path / "runs" / "t" / "last.pt").is_file()  # resumable once it is fixed
 
 
 def test_symlink_into_another_class_is_not_counted_twice(tmp_path):

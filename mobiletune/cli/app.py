@@ -6,6 +6,7 @@ Exit codes (the contract): 0 success; 2 a user error, one paragraph on stderr, n
 
 from __future__ import annotations
 
+import errno
 import functools
 import signal
 import sys
@@ -13,6 +14,7 @@ from typing import Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mobiletune import __version__
 from mobiletune.errors import MobiletuneError, TrainingInterrupted
@@ -23,6 +25,20 @@ app = typer.Typer(
     help="Adapt a pretrained MobileNet (V2, V3-Small, V3-Large) to your own images.")
 out = Console()  # results: tables, JSON
 err = Console(stderr=True)  # progress, warnings, errors
+
+
+# OS errors that are the user's to fix (a full disk, a read-only or forbidden folder), not bugs
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _message(e: Exception) -> str:
+    """The error's own message. One re-raised from a DataLoader worker carries the worker's
+    traceback; the message is its last line."""
+    text = str(e)
+    if "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.partition(f"{type(e).__name__}: ")[2] or last
+    return text
 
 
 def _sigterm(signum, frame) -> None:
@@ -39,11 +55,22 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except MobiletuneError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            # escape: a path like data/[raw]/x.jpg is text, not rich markup
+            err.print(f"[bold red]error:[/] {escape(_message(e))}", highlight=False,
+                      markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno not in _USER_OS_ERRORS:
+                raise
+            where = escape(f" ({e.filename})") if e.filename else ""
+            err.print(f"[bold red]error:[/] {e.strerror}{where}. Files are written whole or "
+                      "not at all, so what was saved before is intact; free space or fix the "
+                      "permissions, then run again (or `train --resume` the run).",
+                      highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except TrainingInterrupted as e:
             err.print(f"[yellow]interrupted.[/] last.pt saved; continue with "
-                      f"`mobiletune train --resume {e.run_dir}`", highlight=False)
+                      f"`mobiletune train --resume {escape(str(e.run_dir))}`", highlight=False)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted.[/]")
