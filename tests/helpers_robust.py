@@ -125,6 +125,11 @@ def _link_cycle(d: Path) -> Path:
     return d / "x.jpg"
 
 
+def _fifo(d: Path) -> Path:
+    os.mkfifo(d / "pipe.jpg")  # opening it to decode would block forever
+    return d / "pipe.jpg"
+
+
 def _hidden_folder(d: Path) -> Path:
     return save(rgb(seed=7), d / ".thumbs" / "small.jpg")
 
@@ -147,6 +152,7 @@ DATA_CASES = {
     "symlink_loop": (_symlink_loop, "symlink loop"),
     "symlink_cycle": (_link_cycle, "looping symbolic link"),
     "hidden_folder": (_hidden_folder, "inside hidden folder"),
+    "fifo": (_fifo, "not a regular file"),
 }
 
 

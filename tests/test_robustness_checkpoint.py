@@ -124,6 +124,10 @@ def test_finetune_with_another_arch_or_classes_is_exit_2(run, tmp_path):
     three = make_folder(tmp_path / "three", classes=("ant", "bee", "cow"), per_class=3, size=32)
     res = invoke(["finetune", "--from", run, "--data", three, "-q"], 2)
     assert "same classes" in res.stderr and "cow" in res.stderr
+    res = invoke(["finetune", "--from", run, "--unfreeze", "14", "-q"], 2)
+    assert "'finetune.unfreeze' in the command line" in res.stderr and "1-13" in res.stderr
+    res = invoke(["finetune", "--from", run, "--unfreeze", "2", "--lr", "0", "-q"], 2)
+    assert "'finetune.lr' in the command line" in res.stderr
     assert not list(run.parent.glob("t-ft*"))  # a refused finetune leaves no run behind
 
 

@@ -55,6 +55,7 @@ FILE_CASES = {
     "set_no_key": (GOOD, ["--set", "nosuchthing=1"], ["unknown key 'nosuchthing'"]),
     "set_section": (GOOD, ["--set", "data=3"], ["section 'data'", "data.root"]),
     "set_no_equals": (GOOD, ["--set", "train.lr"], ["section.key=value"]),
+    "set_empty_key": (GOOD, ["--set", "=3"], ["section.key=value"]),
     "set_bad_value": (GOOD, ["--set", "seed=2024-13-45"], ["'seed'", "must be int"]),
 }
 
