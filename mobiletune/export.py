@@ -55,18 +55,13 @@ def onnx_bytes(model: nn.Module, image_size: int) -> bytes:
     return buf.getvalue()
 
 
-def _with_metadata(model_bytes: bytes, meta: dict[str, str]) -> bytes:
-    import onnx
-
-    proto = onnx.load_from_string(model_bytes)
-    onnx.helper.set_model_props(proto, meta)
-    return proto.SerializeToString()
-
-
 def write_onnx(model: nn.Module, path: str | Path, meta: dict[str, str], image_size: int) -> Path:
     """Write `model` as ONNX with `meta` in its metadata_props (whole or not at all)."""
-    data = _with_metadata(onnx_bytes(model, image_size), meta)
-    return atomic_write(path, lambda f: f.write(data))
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes(model, image_size))
+    onnx.helper.set_model_props(proto, meta)
+    return atomic_write(path, lambda f: f.write(proto.SerializeToString()))
 
 
 def write_torchscript(model: nn.Module, path: str | Path, meta: dict[str, str],
@@ -97,9 +92,13 @@ def _run_samples(run_dir: Path, class_names: list[str]) -> list[Sample]:
         raise DataError(f"{run_dir} has no splits.csv to take check images from; pass the "
                         "data folder with --data DIR.")
     index = {c: i for i, c in enumerate(class_names)}
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        return [Sample(r["path"], index.get(r["label"], -1), r["split"])
-                for r in csv.DictReader(f)]
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            return [Sample(r["path"], index.get(r["label"], -1), r["split"])
+                    for r in csv.DictReader(f)]
+    except (KeyError, csv.Error, UnicodeDecodeError) as e:
+        raise DataError(f"{csv_path} is not a path,label,split table ({type(e).__name__}: {e}); "
+                        "pass the data folder with --data DIR.") from None
 
 
 def _folder_samples(data: str, ckpt: dict) -> list[Sample]:
@@ -311,7 +310,8 @@ def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, in
         if tmp:
             tmp.unlink(missing_ok=True)  # refused or interrupted: no half-made int8 file
     progress("timing batch-1 latency")
-    latency = {k: time_ms(lambda r=r: r(res.first), budget_s=latency_budget_s)
+    # TorchScript's profiling executor optimizes the graph during its first calls
+    latency = {k: time_ms(lambda r=r: r(res.first), budget_s=latency_budget_s, warmup=3)
                for k, r in runners.items()}
     return ExportReport(fmt, path, len(res.labels), res.agreement("pytorch", fmt),
                         res.max_diff("pytorch", fmt), {k: res.accuracy(k) for k in runners},

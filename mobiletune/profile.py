@@ -179,13 +179,15 @@ def profile_arch(arch: str, image_size: int = 224, num_classes: int = 1000) -> d
             "published": dict(params=pub[0], macs=pub[1]) if pub else None, **out}
 
 
-def time_ms(fn: Callable[[], object], min_runs: int = 3, budget_s: float = 1.0) -> float:
-    """Median wall time of `fn()` in milliseconds, after one warm-up call.
+def time_ms(fn: Callable[[], object], min_runs: int = 3, budget_s: float = 1.0,
+            warmup: int = 1) -> float:
+    """Median wall time of `fn()` in milliseconds, after `warmup` untimed calls.
 
     Runs at least `min_runs` times and keeps going until `budget_s` is spent, so fast
     calls get many samples and slow ones few.
     """
-    fn()
+    for _ in range(warmup):
+        fn()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_runs or time.perf_counter() - start < budget_s:

@@ -172,6 +172,18 @@ def test_check_images_from_a_data_folder(tmp_path):
         check_samples(ckpt, str(make_folder(tmp_path / "bad", ("ants", "moths"), layout="split")))
 
 
+def test_missing_or_malformed_splits_csv_is_a_data_error(tmp_path):
+    run = make_run(tmp_path)
+    ckpt = load_checkpoint(run)
+    (run / "splits.csv").write_text("file,class\nx.jpg,ants\n")
+    with pytest.raises(DataError, match="--data"):
+        check_samples(ckpt, None)
+    (run / "splits.csv").unlink()
+    with pytest.raises(DataError, match="no splits.csv"):
+        export_checkpoint(ckpt, "onnx")
+    assert not (run / "export").exists()  # nothing written before the check images are known
+
+
 @pytest.mark.parametrize("size", [(97, 61), (61, 97), (300, 200), (64, 64)])
 def test_numpy_preprocessing_matches_the_eval_transform(size):
     pre = preprocess_spec("mobilenet_v2", "none", 64)
