@@ -30,17 +30,23 @@ def _train(out: Path) -> Path:
 
 def _export(source: str | Path, out: Path) -> bool:
     from mobiletune.checkpoint import load_checkpoint
+    from mobiletune.errors import MobiletuneError
     from mobiletune.export import export_checkpoint
 
     ckpt = load_checkpoint(source)
-    r = export_checkpoint(ckpt, "onnx", out / "model.onnx", int8=True, max_drop=1.0,
-                          progress=lambda m: print(f"  .. {m}", file=sys.stderr))
+    try:  # the CLI's default --max-drop 0.03: refusal is a missed target
+        r = export_checkpoint(ckpt, "onnx", out / "model.onnx", int8=True, max_drop=0.03,
+                              progress=lambda m: print(f"  .. {m}", file=sys.stderr))
+    except MobiletuneError as e:
+        print(f"int8 refused: {e}")
+        return False
     print(f"checkpoint {ckpt['path']} ({ckpt['arch']}, {r.images} val images)")
     print(f"ONNX top-1 agreement {r.agreement:.4f}, max prob diff {r.max_prob_diff:.2e}")
     for name in r.latency_ms:
         print(f"  {name:8s} acc {r.accuracy[name]:.4f}  batch-1 {r.latency_ms[name]:7.1f} ms  "
               f"size {r.size_bytes[name] / 2**20:5.1f} MiB")
     drop = r.int8_drop
+    print(f"int8 keeps the last {r.int8_float_blocks} block(s) of features and the head float")
     print(f"int8 drop {drop:+.4f} (float {r.accuracy['onnx']:.4f}, int8 {r.accuracy['int8']:.4f}),"
           f" int8 speed-up over float ONNX {r.latency_ms['onnx'] / r.latency_ms['int8']:.2f}x")
     return r.agreement >= 0.97 and drop <= 0.03

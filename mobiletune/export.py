@@ -202,8 +202,11 @@ def calibration_batches(train: list[Sample], pre: dict, n: int = CALIB_IMAGES,
         raise DataError("No training images to calibrate int8 ranges on; pass a data folder "
                         "with train/ images with --data DIR.")
     picked = random.Random(seed).sample(train, min(n, len(train)))
-    batches, labels = zip(*decode_batches(picked, pre, batch_size=16))
-    return list(batches), np.concatenate(labels)
+    decoded = list(decode_batches(picked, pre, batch_size=16))
+    if not decoded:
+        raise DataError(f"None of the {len(picked)} calibration images could be decoded "
+                        f"(first: {picked[0].path}).")
+    return [x for x, _ in decoded], np.concatenate([y for _, y in decoded])
 
 
 def state_dict_bytes(model: nn.Module) -> int:
@@ -286,6 +289,7 @@ def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, in
     model, meta, pre = model_from_checkpoint(ckpt), metadata(ckpt), ckpt["preprocess"]
     train, val = check_samples(ckpt, data)  # before writing anything: fail early
     path = Path(out) if out else default_path(ckpt, fmt)
+    path = path / default_path(ckpt, fmt).name if path.is_dir() else path
     progress(f"writing {path}")
     runners = {"pytorch": torch_runner(model), fmt: _write(model, fmt, path, meta, pre["crop"])}
     sizes = {"pytorch": state_dict_bytes(model), fmt: os.path.getsize(path)}

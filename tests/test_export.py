@@ -141,6 +141,11 @@ def test_int8_refused_beyond_max_drop_leaves_no_int8_file(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]
 
 
+def test_out_may_name_a_folder(tmp_path):
+    report = export_checkpoint(load_checkpoint(make_run(tmp_path)), "onnx", tmp_path, **FAST)
+    assert report.path == tmp_path / "model.onnx" and report.path.is_file()
+
+
 def test_torchscript_round_trip(tmp_path):
     ckpt = load_checkpoint(make_run(tmp_path))
     report = export_checkpoint(ckpt, "torchscript", **FAST)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from mobiletune.cli.app import app, err, guarded, out
+
+if TYPE_CHECKING:  # torch stays out of `--help`
+    from mobiletune.export import ExportReport
 
 
 def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def _report_table(r):
+def _report_table(r: ExportReport):
     from rich.table import Table
 
     t = Table(title=f"parity on {r.images} validation images", title_justify="left",
@@ -27,7 +30,7 @@ def _report_table(r):
     return t
 
 
-def _summary(r, max_drop: float) -> str:
+def _summary(r: ExportReport, max_drop: float) -> str:
     lines = [f"wrote {r.path}",
              f"top-1 agreement with PyTorch: {r.agreement:.2%} of {r.images} images; "
              f"largest probability difference {r.max_prob_diff:.2e}"]
@@ -47,7 +50,7 @@ def _summary(r, max_drop: float) -> str:
 def export(
     format: str = typer.Option(..., "--format", help="onnx | torchscript"),
     int8: bool = typer.Option(False, "--int8", help="also write a static int8 ONNX model (<name>.int8.onnx beside the float one), calibrated on the run's training images"),
-    out_path: Optional[str] = typer.Option(None, "--out", help="output file (default: <run>/export/model.onnx, or model.pt for torchscript)"),
+    out_path: Optional[str] = typer.Option(None, "--out", help="output file, or a folder for model.onnx / model.pt in it (default: <run>/export/model.onnx, or model.pt for torchscript)"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory or .pt file (default: runs/latest/best.pt)"),
     data: Optional[str] = typer.Option(None, "--data", help="data folder for the parity check and int8 calibration (default: the run's splits.csv)"),
     max_drop: float = typer.Option(0.03, "--max-drop", min=0.0, max=1.0, help="refuse the int8 model when its val accuracy is more than this below the float model's"),
