@@ -181,10 +181,10 @@ def quantize_int8(float_path: str | Path, out_path: str | Path, batches: list[np
     with tempfile.TemporaryDirectory() as tmp:
         prepped, quant = Path(tmp) / "prep.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(float_path), str(prepped), skip_symbolic_shape=True)
-        names = [n.name for n in onnx.load(str(prepped)).graph.node]
-        input_name = make_session(prepped).get_inputs()[0].name
-        ref = _accuracy(prepped, batches, labels)
-        for k in range(0, min(max_float_blocks, n_blocks) + 1):
+        graph = onnx.load(str(prepped)).graph
+        names, input_name = [n.name for n in graph.node], graph.input[0].name
+        ref, last = _accuracy(prepped, batches, labels), min(max_float_blocks, n_blocks)
+        for k in range(0, last + 1):
             # ranges are calibrated once and cached: later tries only re-quantize
             quantize_static(str(prepped), str(quant), _Reader(batches, input_name),
                             per_channel=True, activation_type=QuantType.QUInt8,
@@ -195,8 +195,9 @@ def quantize_int8(float_path: str | Path, out_path: str | Path, batches: list[np
             if ref - acc <= budget:
                 break
             done = f"the last {k} block(s) float" if k else "all int8"
+            then = f"; next: the last {k + 1} block(s) and the head float" if k < last else ""
             progress(f"int8 ({done}) scores {acc:.3f} on the calibration images against "
-                     f"float {ref:.3f}; next: the last {k + 1} block(s) and the head float")
+                     f"float {ref:.3f}{then}")
         proto = onnx.load(str(quant))
         onnx.helper.set_model_props(proto, {**meta, "int8_float_blocks": str(k)})
         data = proto.SerializeToString()
