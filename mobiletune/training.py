@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobiletune.errors import INTERRUPT
 from mobiletune.model import configure_stage, split, stage_rows
 
 
@@ -168,6 +169,8 @@ def _train_epoch(model, tail, prefix, opt, sched, loss_fn, spec, data, device, e
     model.train()  # frozen BatchNorm overrules this (model.FrozenBatchNorm2d)
     loss_sum, correct, seen = 0.0, 0, 0
     for step, (x, y) in enumerate(data.train_batches(eseed), 1):
+        if INTERRUPT.is_set():  # a Ctrl-C whose KeyboardInterrupt Python swallowed
+            raise KeyboardInterrupt
         logits, loss, y = _step_batch(tail, prefix, data, x, y, device, loss_fn)
         opt.zero_grad(set_to_none=True)
         loss.backward()

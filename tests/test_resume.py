@@ -15,7 +15,7 @@ import torch
 
 from mobiletune import pipeline
 from mobiletune.config import load_config
-from mobiletune.errors import TrainingInterrupted
+from mobiletune.errors import INTERRUPT, TrainingInterrupted
 from mobiletune.training import Callbacks
 from tests.conftest import make_folder, make_image
 from tests.helpers_robust import invoke, read_csv, write_config
@@ -119,6 +119,26 @@ def test_resume_with_changed_classes_is_exit_2(setup, tmp_path):
         make_image(data / "c" / f"c{i}.jpg", 40, seed=i, color=2)
     res = invoke(["train", "--resume", e.value.run_dir, "-q"], 2)
     assert "'c'" in res.stderr or "c]" in res.stderr
+
+
+class SwallowedAt(Callbacks):
+    """What the signal handler leaves behind when Python swallows its KeyboardInterrupt
+    (raised inside a fork hook as a DataLoader starts workers): only the flag."""
+
+    def on_epoch_end(self, result, improved: bool) -> None:
+        if result.epoch == 1:
+            INTERRUPT.set()
+
+
+def test_an_interrupt_python_swallowed_still_stops_the_run(tmp_path):
+    data = make_folder(tmp_path / "d", classes=("a", "b"), per_class=4, size=40)
+    cfg = write_config(tmp_path, data, train={"epochs": 5})
+    try:
+        with pytest.raises(TrainingInterrupted) as e:
+            pipeline.train(load_config(cfg), SwallowedAt())
+    finally:
+        INTERRUPT.clear()
+    assert [h[:2] for h in history(Path(e.value.run_dir))] == [("head", 1)]
 
 
 def _start(cfg: Path, tmp: Path, **kw) -> subprocess.Popen:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mobiletune import __version__
-from mobiletune.errors import MobiletuneError, TrainingInterrupted
+from mobiletune.errors import INTERRUPT, MobiletuneError, TrainingInterrupted
 
 app = typer.Typer(
     name="mobiletune", no_args_is_help=True, add_completion=False,
@@ -41,8 +41,29 @@ def _message(e: Exception) -> str:
     return text
 
 
-def _sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a run the same way Ctrl-C does: last.pt, exit 130
+def _on_signal(signum, frame) -> None:
+    """Ctrl-C and SIGTERM end a run the same way: last.pt, exit 130."""
+    INTERRUPT.set()  # in case the exception below is swallowed (see errors.INTERRUPT)
+    raise KeyboardInterrupt
+
+
+def _quiet_interrupts(unraisable) -> None:
+    """A KeyboardInterrupt swallowed in a finalizer is handled through INTERRUPT: no
+    'Exception ignored' traceback for it. Anything else goes to the default hook."""
+    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
+def _install_handlers() -> list[tuple[int, object]]:
+    """Our handler for SIGTERM, and for SIGINT unless the caller chose to ignore it
+    (`nohup`, a background job). Returns what to restore."""
+    if not _main_thread():
+        return []
+    INTERRUPT.clear()
+    old = [(signal.SIGTERM, signal.signal(signal.SIGTERM, _on_signal))]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        old.append((signal.SIGINT, signal.signal(signal.SIGINT, _on_signal)))
+    return old
 
 
 def guarded(fn: Callable) -> Callable:
@@ -51,7 +72,8 @@ def guarded(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        old = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
+        old, hook = _install_handlers(), sys.unraisablehook
+        sys.unraisablehook = _quiet_interrupts
         try:
             return fn(*args, **kwargs)
         except MobiletuneError as e:
@@ -76,8 +98,9 @@ def guarded(fn: Callable) -> Callable:
             err.print("[yellow]interrupted.[/]")
             raise typer.Exit(130) from None
         finally:
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
+            sys.unraisablehook = hook
+            for signum, handler in old:
+                signal.signal(signum, handler)
 
     return wrapper
 
