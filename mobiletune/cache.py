@@ -21,7 +21,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mobiletune.data import Sample, augmented_view, decode_side, eval_transform, load_image
+from mobiletune.data import Sample, load_image
+from mobiletune.transforms import augmented_view, decode_side, eval_transform
 
 CACHE_VERSION = 1
 

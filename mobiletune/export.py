@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiletune.data import Sample, eval_transform, load_image, scan
+from mobiletune.data import Sample, load_image, scan
+from mobiletune.transforms import eval_transform
 from mobiletune.errors import ConfigError, DataError, MobiletuneError
 from mobiletune.onnx_engine import make_session, quantize_int8, softmax
+from mobiletune.engine import onnx_bytes
 from mobiletune.runs import atomic_write
 
-OPSET = 17
 CALIB_IMAGES = 128  # enough for stable min/max ranges; calibration time grows linearly
 
 
@@ -39,20 +40,6 @@ def metadata(ckpt: dict) -> dict[str, str]:
             "std": json.dumps([float(v) for v in pre["std"]]),
             "resize": str(int(pre["resize"])), "crop": str(int(pre["crop"])),
             "arch": ckpt["arch"], "producer": "mobiletune"}
-
-
-def onnx_bytes(model: nn.Module, image_size: int) -> bytes:
-    """Serialized ONNX of `model` (eval) with a dynamic batch axis: input -> logits."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated but takes 0.3 s where the dynamo
-        # exporter takes 10 s for the same, numerically identical graph.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(1, 3, image_size, image_size),), buf,
-                          dynamo=False, opset_version=OPSET, input_names=["input"],
-                          output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return buf.getvalue()
 
 
 def write_onnx(model: nn.Module, path: str | Path, meta: dict[str, str], image_size: int) -> Path:

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from mobiletune.data import ImageDataset, Sample, decode_side, eval_transform, train_transform
+from mobiletune.data import ImageDataset, Sample
+from mobiletune.transforms import decode_side, eval_transform, train_transform
 
 
 def balanced_sampler(labels: list[int], seed: int) -> WeightedRandomSampler:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
-from mobiletune.data import IMAGE_EXTENSIONS, eval_transform, load_image
+from mobiletune.data import IMAGE_EXTENSIONS, load_image
+from mobiletune.transforms import eval_transform
 from mobiletune.errors import DataError
 
 

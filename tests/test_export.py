@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 
 from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mobiletune.config import Config
-from mobiletune.data import eval_transform, scan
+from mobiletune.data import scan
+from mobiletune.transforms import eval_transform
 from mobiletune.errors import CheckpointError, ConfigError, DataError, MobiletuneError
 from mobiletune.export import (calibration_batches, check_samples, export_checkpoint,
-                               load_torchscript, metadata, onnx_bytes, write_onnx)
+                               load_torchscript, metadata, write_onnx)
+from mobiletune.engine import onnx_bytes
 from mobiletune.model import build_model, preprocess_spec
 from mobiletune.onnx_engine import OnnxPredictor, preprocess_image, quantize_int8
 from mobiletune.runs import write_csv
