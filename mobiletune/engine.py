@@ -8,7 +8,7 @@ PyTorch with channels_last is the fallback when export or ONNX Runtime fails.
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import warnings
 from pathlib import Path
 
@@ -52,13 +52,9 @@ class OrtEngine:
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path) -> None:
-        import onnxruntime as ort
+        from mobiletune.onnx_engine import make_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_path), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = make_session(onnx_path, torch.get_num_threads())
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,17 +62,30 @@ class OrtEngine:
         return torch.from_numpy(np.ascontiguousarray(out))
 
 
-def export_onnx(module: nn.Module, path: Path, size: int) -> Path:
-    """Export `module` (input N x 3 x size x size, dynamic batch) whole-or-nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with warnings.catch_warnings():  # the exporter is chatty about deprecations
+OPSET = 17
+
+
+def onnx_bytes(module: nn.Module, size: int, output: str = "logits") -> bytes:
+    """Serialized ONNX of `module` (eval), input N x 3 x size x size with a dynamic batch.
+
+    The TorchScript-based exporter (dynamo=False) is deprecated, but takes 0.3 s where the
+    dynamo exporter takes 10 s here for the same, numerically identical graph.
+    """
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.zeros(1, 3, size, size),), str(tmp),
-                          dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["z"], dynamic_axes={"x": {0: "n"}, "z": {0: "n"}})
-    os.replace(tmp, path)
-    return path
+        torch.onnx.export(module.eval(), (torch.zeros(1, 3, size, size),), buf, dynamo=False,
+                          opset_version=OPSET, input_names=["input"], output_names=[output],
+                          dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}})
+    return buf.getvalue()
+
+
+def export_onnx(module: nn.Module, path: Path, size: int) -> Path:
+    """Export a frozen prefix into the cache, whole or not at all."""
+    from mobiletune.runs import atomic_write
+
+    data = onnx_bytes(module, size, output="features")
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def onnx_cache_path(module: nn.Module, cache_dir: Path, size: int) -> Path:
