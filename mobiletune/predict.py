@@ -57,10 +57,11 @@ class Predictor:
     # worth it from this many images on, or whenever the export is already cached.
     ORT_FROM = 64
 
-    def __init__(self, model: torch.nn.Module, class_names: list[str], pre: dict) -> None:
-        self.model, self.class_names, self.pre = model.eval(), list(class_names), pre
+    def __init__(self, model: torch.nn.Module | None, class_names: list[str], pre: dict,
+                 engine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.model, self.class_names, self.pre = model, list(class_names), pre
         self.transform = eval_transform(pre)
-        self.engine = None
+        self.engine = engine  # None: chosen on first use (see _engine)
 
     def _engine(self, n: int):
         """The fast path `train` uses for frozen compute: ONNX Runtime on CPU, cached."""
@@ -78,8 +79,24 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, arg: str | os.PathLike | None) -> "Predictor":
+        """From a run directory, a `.pt` checkpoint, or an exported `.onnx` file."""
+        if arg is not None and str(arg).lower().endswith(".onnx"):
+            return cls.from_onnx(arg)
         ckpt = load_checkpoint(arg)
         return cls(model_from_checkpoint(ckpt), ckpt["class_names"], ckpt["preprocess"])
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike) -> "Predictor":
+        """An exported model run by ONNX Runtime alone; labels and preprocessing come from
+        the file's metadata."""
+        from mobiletune.onnx_engine import OnnxPredictor
+
+        onnx = OnnxPredictor.from_file(path)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(onnx.session.run(None, {onnx.input_name: x.numpy()})[0])
+
+        return cls(None, onnx.class_names, onnx.preprocess, engine=run)
 
     def _decode(self, path: str) -> torch.Tensor | str:
         try:

@@ -117,3 +117,20 @@ def test_help_is_fast_and_lists_defaults():
     code = "import sys, mobiletune.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True).stdout.strip() == "False"
+
+
+def test_predict_with_an_exported_onnx_file(trained, tmp_path):
+    tmp, data, _ = trained
+    run = tmp / "runs" / "t"
+    onnx = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export", "--format", "onnx", "--checkpoint", str(run),
+                              "--out", str(onnx)])
+    assert res.exit_code == 0, res.output
+    files = sorted(str(p) for p in data.rglob("*.jpg"))
+    outs = []
+    for ckpt in (str(run), str(onnx)):
+        res = runner.invoke(app, ["predict", *files, "--json", "--checkpoint", ckpt])
+        assert res.exit_code == 0, res.output
+        outs.append([json.loads(x) for x in res.stdout.strip().splitlines()])
+    assert [x["label"] for x in outs[0]] == [x["label"] for x in outs[1]]
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(*outs)) < 1e-4

@@ -14,7 +14,7 @@ from mobiletune.cli.app import app, err, guarded, out
 @guarded
 def predict(
     paths: list[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory or .pt file (default: runs/latest/best.pt)"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory, .pt file, or exported .onnx file (default: runs/latest/best.pt)"),
     top_k: int = typer.Option(3, "--top-k", min=1, help="labels to show per image"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per line, per image, in input order"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per forward pass"),
