@@ -1,6 +1,6 @@
 """mobiletune vs. a careful hand-written PyTorch loop, side by side in one process.
 
-    .venv/bin/python benchmarks/bench_train.py [--head-epochs 5] [--ft-epochs 3] [--views 4]
+    .venv/bin/python benchmarks/bench_train.py [--head-epochs 5] [--ft-epochs 3] [--views K]
 
 On ../shared hymenoptera with the offline MobileNetV2 weights, runs (a) head-only training
 and (b) head + finetune (3 blocks unfrozen) both ways with the same epochs, and prints
@@ -76,7 +76,7 @@ def _accuracy(model: nn.Module, loader) -> float:
     return correct / total
 
 
-def ours(head_epochs: int, ft_epochs: int, views: int) -> tuple[float, float]:
+def ours(head_epochs: int, ft_epochs: int, views: int | None) -> tuple[float, float]:
     """mobiletune's pipeline from an empty cache; returns (seconds, final val accuracy)."""
     from mobiletune import pipeline
     from mobiletune.config import load_config
@@ -85,9 +85,10 @@ def ours(head_epochs: int, ft_epochs: int, views: int) -> tuple[float, float]:
         os.environ["MOBILETUNE_CACHE"] = str(Path(tmp) / "cache")
         sets = [("name", "bench"), ("output", str(Path(tmp) / "runs")),
                 ("model.arch", "mobilenet_v2"), ("model.weights", str(WEIGHTS)),
-                ("data.root", str(DATA)), ("data.views", views), ("device", "cpu"),
+                ("data.root", str(DATA)), ("device", "cpu"),
                 ("train.epochs", head_epochs), ("finetune.unfreeze", 3 if ft_epochs else 0),
                 ("finetune.epochs", max(ft_epochs, 1))]
+        sets += [("data.views", views)] if views else []  # default: the config's
         cfg = load_config(None, sets)
         start = time.perf_counter()
         run = pipeline.train(cfg)
@@ -146,13 +147,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--head-epochs", type=int, default=5)
     ap.add_argument("--ft-epochs", type=int, default=3)
-    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--views", type=int, default=None, help="default: data.views' default")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     if not (WEIGHTS.is_file() and DATA.is_dir()):
         sys.exit(f"needs {WEIGHTS} and {DATA}")
     torch.set_flush_denormal(True)
-    con = Console()
+    con = Console(width=110)
     t = Table(title=f"training, hymenoptera, mobilenet_v2, {torch.get_num_threads()} threads")
     for col in ("job", "hand-written s", "acc", "mobiletune s", "acc", "speed-up"):
         t.add_column(col, justify="right")
@@ -177,8 +178,11 @@ def main() -> None:
                    f"{r['mobiletune'] / r['onnxruntime']:.2f}x")
     t2.caption = "V3 archs use random weights (no offline file), denormals flushed"
     con.print(t2)
-    fill = cache_fill_rate(args.views)
-    con.print(f"end to end cache fill on hymenoptera (decode + {args.views} views + engine): "
+    from mobiletune.config import DataConfig
+
+    views = args.views or DataConfig().views
+    fill = cache_fill_rate(views)
+    con.print(f"end to end cache fill on hymenoptera (decode + {views} views + engine): "
               f"{fill:.0f} images/s")
 
 
