@@ -6,6 +6,7 @@ with a reason (skipped.csv), so nothing a user put there silently disappears.
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import warnings
@@ -238,6 +239,33 @@ def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0) -> Scan
     if not any(s.split == "val" for s in samples):
         raise DataError(f"{root} leaves no images for validation; add a val/ folder or more images.")
     return ScanResult(classes, samples, skipped, warn)
+
+
+def read_splits(path: str | os.PathLike, classes: list[str]) -> ScanResult:
+    """The split a run used, from its splits.csv, so that resume and finetune train and
+    validate on exactly the same images whatever was added to the folder since (a fresh
+    scan would move new images into both splits and leak old val images into train)."""
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DataError(f"Cannot read {path} ({e.strerror or e}).") from None
+    samples, gone = [], []
+    for r in rows:
+        if r.get("label") not in index or r.get("split") not in ("train", "val") or not r.get("path"):
+            raise DataError(f"{path} is damaged (row {dict(r)}); start a new run instead.")
+        if os.path.isfile(r["path"]):
+            samples.append(Sample(r["path"], index[r["label"]], r["split"]))
+        else:
+            gone.append(r["path"])
+    res = ScanResult(list(classes), samples)
+    if gone:
+        res.warnings.append(f"{len(gone)} image(s) listed in {path} no longer exist and are "
+                            f"left out (first: {gone[0]})")
+    if not res.of("train") or not res.of("val"):
+        raise DataError(f"{path} leaves no training or no validation images that still exist.")
+    return res
 
 
 class ImageDataset:

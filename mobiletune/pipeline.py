@@ -17,7 +17,7 @@ from torch import nn
 from mobiletune.checkpoint import (FORMAT_VERSION, load_checkpoint, model_from_checkpoint,
                                    save_checkpoint)
 from mobiletune.config import Config, config_from_dict, dump_yaml
-from mobiletune.data import ScanResult, scan
+from mobiletune.data import ScanResult, read_splits, scan
 from mobiletune.errors import CheckpointError, TrainingInterrupted
 from mobiletune.feeds import class_weights, make_feed
 from mobiletune.model import build_model, preprocess_spec
@@ -200,7 +200,10 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
     if cfg.model.arch != parent["arch"]:
         raise CheckpointError(f"{parent['path']} holds a {parent['arch']} model, not "
                               f"{cfg.model.arch}; drop --arch or start from a matching run.")
-    data = _scan(cfg)
+    same_data = cfg.data.root == parent["config"].get("data", {}).get("root")
+    splits = parent_dir / "splits.csv"
+    data = read_splits(splits, parent["class_names"]) if same_data and splits.is_file() \
+        else _scan(cfg)
     if list(data.classes) != list(parent["class_names"]):
         raise CheckpointError(f"{parent['path']} was trained on classes {parent['class_names']}, "
                               f"but {cfg.data.root} holds {data.classes}; finetune needs the same "
@@ -217,7 +220,8 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
     if "resume" not in ckpt:
         raise CheckpointError(f"{ckpt['path']} holds no resume state.")
     cfg = config_from_dict(ckpt["config"], f"the config stored in {ckpt['path']}")
-    data = _scan(cfg)
+    splits = Path(ckpt["path"]).parent / "splits.csv"
+    data = read_splits(splits, ckpt["class_names"]) if splits.is_file() else _scan(cfg)
     if list(data.classes) != list(ckpt["class_names"]):  # else labels overrun the head
         raise CheckpointError(f"{ckpt['path']} was trained on classes {ckpt['class_names']}, but "
                               f"{cfg.data.root} now holds {data.classes}; restore the class "
@@ -233,5 +237,8 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
         callbacks.on_message(f"{run.dir} already finished; nothing to resume.")
         return run.dir
     run.log("resumed")
+    for w in data.warnings:
+        run.log(f"warning: {w}")
+        callbacks.on_message(f"warning: {w}")
     update_latest(run.dir)
     return _execute(run, callbacks)
