@@ -33,7 +33,8 @@ def predict(
             print(json.dumps(p.to_json(), ensure_ascii=False), flush=False)
         return
     table = Table(show_edge=False)
-    for col in ("image", "label", "confidence", "top-k"):
+    table.add_column("image", overflow="fold")  # a path is useless cut short
+    for col in ("label", "confidence", "top-k"):
         table.add_column(col)
     for p in preds:
         if p.error:
