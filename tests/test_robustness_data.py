@@ -3,7 +3,6 @@ with a reason, and a folder that cannot make a classifier is exit 2 with one mes
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
