@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mobiletune.config import ARCHS
+from mobiletune.schema import ARCHS
 from mobiletune.errors import CheckpointError
 from mobiletune.runs import atomic_write, find_run
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-from mobiletune.config import ARCHS
+from mobiletune.schema import ARCHS
 from mobiletune.errors import ConfigError, WeightsError
 
 _BUILDERS = {"mobilenet_v2": (models.mobilenet_v2, models.MobileNet_V2_Weights),

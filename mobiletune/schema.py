@@ -1,0 +1,106 @@
+"""The configuration schema: every key, declared once, with its default, range and help.
+
+Plain declarations only (no YAML, no torch), so the CLI's `--help` stays instant.
+Loading and validation live in config.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ARCHS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+# len(model.features) per arch: the range of `finetune.unfreeze`.
+NUM_BLOCKS = {"mobilenet_v2": 19, "mobilenet_v3_small": 13, "mobilenet_v3_large": 17}
+
+
+def _key(default: Any, help: str, *, choices: tuple | None = None, lo: float | None = None,
+         hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+         kind: type | None = None) -> Any:
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open,
+            "hi_open": hi_open, "kind": kind}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = _key("mobilenet_v3_large", "backbone architecture", choices=ARCHS)
+    weights: str = _key("imagenet", "imagenet | none | path/to/state_dict.pth")
+    dropout: float = _key(0.2, "dropout before the new head", lo=0.0, hi=1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = _key("data", "root/train/<class>/* + root/val/<class>/*, or root/<class>/*")
+    val_split: float = _key(0.2, "val fraction when root has no train/val folders",
+                            lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    image_size: int = _key(224, "crop size fed to the network", lo=32, hi=1024)
+    batch_size: int = _key(32, "images per optimizer step", lo=1, hi=4096)
+    workers: str = _key("auto", "decode processes: auto or a number", kind=str)
+    augment: str = _key("standard", "training augmentation", choices=("none", "light", "standard"))
+    # 2 by measurement (benchmarks/bench_views.py): within 1 point of a fresh view every
+    # epoch, while each extra view adds one frozen forward pass per training image
+    views: int = _key(2, "augmented views cached per training image (cache: true)", lo=1, hi=64)
+    cache: bool = _key(True, "reuse frozen-backbone outputs across epochs and runs")
+    balance: str = _key("none", "class imbalance: none | weights | sampler",
+                        choices=("none", "weights", "sampler"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _key(5, "head-stage epochs", lo=1, hi=10000)
+    lr: float = _key(1.0e-3, "head-stage learning rate", lo=0.0, hi=10.0, lo_open=True)
+    weight_decay: float = _key(1.0e-4, "AdamW weight decay", lo=0.0, hi=1.0)
+    label_smoothing: float = _key(0.0, "cross-entropy label smoothing", lo=0.0, hi=1.0,
+                                  hi_open=True)
+    patience: int = _key(0, "early stop after this many epochs without val gain; 0 = off",
+                         lo=0, hi=10000)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    # its upper bound depends on the arch: _check_cross names the right one
+    unfreeze: int = _key(0, "last N blocks of model.features to train; 0 = no finetune stage",
+                         lo=0)
+    epochs: int = _key(5, "finetune-stage epochs", lo=1, hi=10000)
+    lr: float = _key(1.0e-5, "finetune-stage learning rate", lo=0.0, hi=10.0, lo_open=True)
+    train_bn: bool = _key(False, "let BatchNorm running statistics move in unfrozen blocks")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = _key("run", "run name: runs go to <output>/<name>, <name>-2, ...")
+    output: str = _key("runs", "folder that holds run directories")
+    seed: int = _key(0, "random seed (split, augmentation, init, order)", lo=0, hi=2**31 - 1)
+    device: str = _key("auto", "auto | cpu | cuda | mps", choices=("auto", "cpu", "cuda", "mps"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    parent: str | None = field(default=None, metadata={"help": "run this one continues from"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (YAML- and checkpoint-safe) of every key."""
+        return dataclasses.asdict(self)
+
+    @property
+    def workers(self) -> int:
+        """Decode worker processes; `auto` leaves the cores to the model on small machines."""
+        import os
+
+        if self.data.workers != "auto":
+            return int(self.data.workers)
+        return max(0, min(4, (os.cpu_count() or 1) // 2 - 1))
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+            "finetune": FinetuneConfig}
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key, for suggestions and `--set`."""
+    keys = [f.name for f in fields(Config) if f.name not in SECTIONS]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in fields(cls)]
+    return keys
