@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mobiletune.data import Sample, load_image
+from mobiletune.runs import write_text
 from mobiletune.transforms import augmented_view, decode_side, eval_transform
 
 CACHE_VERSION = 1
@@ -66,7 +67,7 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "policy.json"
         if not meta.exists():
-            meta.write_text(policy)
+            write_text(meta, policy)
 
     def path(self, sample_path: str, kind: str) -> Path:
         return self.dir / f"{image_key(sample_path)}.{kind}.npy"

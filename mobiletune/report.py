@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mobiletune.runs import atomic_write, write_csv, write_text
+
 _PNG_META = {"Software": None}  # matplotlib would otherwise stamp its web address into each PNG
 
 
@@ -69,10 +71,14 @@ def plot_curves(metrics_csv_path: str | os.PathLike, out_png: str | os.PathLike)
             ax.legend(loc="best", fontsize=8)
     if not rows:
         fig.suptitle(f"{metrics_csv_path} has no epochs yet")
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, metadata=_PNG_META)
-    return out
+    return _save_png(fig, out_png)
+
+
+def _save_png(fig, out_png: str | os.PathLike) -> Path:
+    """Render `fig` and write the PNG whole or not at all (runs.atomic_write)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata=_PNG_META)
+    return atomic_write(out_png, lambda f: f.write(buf.getbuffer()))
 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str],
@@ -96,23 +102,14 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str],
             for j in range(c):
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=14 if c <= 6 else 9,
                         color="white" if frac[i, j] > 0.5 else "black")
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, metadata=_PNG_META)
-    return out
+    return _save_png(fig, out_png)
 
 
 def write_confusion_csv(cm: np.ndarray, class_names: Sequence[str],
                         path: str | os.PathLike) -> Path:
     """Header `true,<pred labels...>`, then one row per true label: label, counts."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["true", *class_names])
-        for name, row in zip(class_names, np.asarray(cm).tolist()):
-            w.writerow([name, *row])
-    return out
+    return write_csv(path, ["true", *class_names],
+                     ([name, *row] for name, row in zip(class_names, np.asarray(cm).tolist())))
 
 
 def confident_mistakes(paths: Sequence[str], y_true: Sequence[int], probs: np.ndarray,
@@ -183,7 +180,7 @@ def write_evaluation(out_dir: str | os.PathLike, metrics: dict[str, Any], paths:
     out.mkdir(parents=True, exist_ok=True)
     cm = np.asarray(metrics["confusion_matrix"])
     files = {"metrics.json": out / "metrics.json"}
-    files["metrics.json"].write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_text(files["metrics.json"], json.dumps(metrics, indent=2) + "\n")
     files["confusion_matrix.csv"] = write_confusion_csv(cm, class_names,
                                                         out / "confusion_matrix.csv")
     files["confusion_matrix.png"] = plot_confusion_matrix(cm, class_names,
@@ -198,7 +195,7 @@ def write_evaluation(out_dir: str | os.PathLike, metrics: dict[str, Any], paths:
     page = render_report(metrics, info, png_uri(files["confusion_matrix.png"]),
                          png_uri(curves) if curves else None, mistakes)
     files["report.html"] = out / "report.html"
-    files["report.html"].write_text(page, encoding="utf-8")
+    write_text(files["report.html"], page)
     return files
 
 
