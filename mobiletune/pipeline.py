@@ -193,6 +193,10 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
     parent_dir = Path(parent["path"]).parent
     raw = apply_overrides(parent["config"], list(cfg_changes.items()))
     raw["parent"] = str(parent_dir)
+    section = raw.get("finetune")
+    if "finetune.unfreeze" not in cfg_changes and isinstance(section, dict) \
+            and not section.get("unfreeze"):  # a run without a finetune stage: 3 blocks
+        raw["finetune"] = {**section, "unfreeze": 3}
     if "name" not in cfg_changes:  # cats -> cats-ft (then cats-ft-2, ...), unless renamed
         raw["name"] = f"{raw.get('name', 'run')}-ft"
     cfg = absolutize(config_from_dict(raw, f"the config stored in {parent['path']}",

@@ -134,3 +134,12 @@ def test_predict_with_an_exported_onnx_file(trained, tmp_path):
         outs.append([json.loads(x) for x in res.stdout.strip().splitlines()])
     assert [x["label"] for x in outs[0]] == [x["label"] for x in outs[1]]
     assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(*outs)) < 1e-4
+
+
+def test_finetune_without_unfreeze_takes_three_blocks(trained):
+    tmp, _, _ = trained
+    res = runner.invoke(app, ["finetune", "--from", str(tmp / "runs" / "t"), "--epochs", "1",
+                              "--name", "default-unfreeze", "--quiet"])
+    assert res.exit_code == 0, res.output
+    ckpt = torch.load(tmp / "runs" / "default-unfreeze" / "last.pt", weights_only=True)
+    assert ckpt["unfrozen_blocks"] == 3  # the parent config had no finetune stage

@@ -70,12 +70,8 @@ def finetune(
 ) -> None:
     """Continue a trained run with its last N blocks unfrozen, into a new run directory."""
     from mobiletune.cli.render import RichCallbacks
-    from mobiletune.checkpoint import load_checkpoint
     from mobiletune import pipeline
 
-    if unfreeze is None:  # a config without a finetune stage still finetunes 3 blocks
-        stored = load_checkpoint(from_)["config"].get("finetune", {}).get("unfreeze", 0)
-        unfreeze = stored or 3
     pairs = c.common_pairs(arch, weights, data, batch_size, image_size, device, seed, out,
                            workers, name)
     pairs.update({"finetune.unfreeze": unfreeze, "finetune.lr": lr, "finetune.epochs": epochs,
