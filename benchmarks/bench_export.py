@@ -20,7 +20,7 @@ SHARED = ROOT.parent / "shared"
 
 
 def _train(out: Path) -> Path:
-    from mobiletune import pipeline
+    from mobiletune import train as pipeline
     from mobiletune.config import load_config
 
     os.chdir(ROOT)  # the config's relative paths (../shared/...) are from the repo root
@@ -31,7 +31,7 @@ def _train(out: Path) -> Path:
 def _export(source: str | Path, out: Path) -> bool:
     from mobiletune.checkpoint import load_checkpoint
     from mobiletune.errors import MobiletuneError
-    from mobiletune.export import export_checkpoint
+    from mobiletune.deploy.export import export_checkpoint
 
     ckpt = load_checkpoint(source)
     try:  # the CLI's default --max-drop 0.03: refusal is a missed target

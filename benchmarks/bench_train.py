@@ -78,7 +78,7 @@ def _accuracy(model: nn.Module, loader) -> float:
 
 def ours(head_epochs: int, ft_epochs: int, views: int | None) -> tuple[float, float]:
     """mobiletune's pipeline from an empty cache; returns (seconds, final val accuracy)."""
-    from mobiletune import pipeline
+    from mobiletune import train as pipeline
     from mobiletune.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,7 +99,7 @@ def ours(head_epochs: int, ft_epochs: int, views: int | None) -> tuple[float, fl
 
 def throughput(arch: str, batch: int = 32, reps: int = 3) -> dict[str, float]:
     """Frozen-feature images/s: eager, channels_last, ONNX Runtime (mobiletune's engine)."""
-    from mobiletune.engine import OrtEngine, TorchEngine, export_onnx, frozen_engine
+    from mobiletune.frozen.engine import OrtEngine, TorchEngine, export_onnx, frozen_engine
     from mobiletune.model import build_model, split
 
     weights = str(WEIGHTS) if arch == "mobilenet_v2" else "none"
@@ -124,9 +124,9 @@ def throughput(arch: str, batch: int = 32, reps: int = 3) -> dict[str, float]:
 
 def cache_fill_rate(views: int) -> float:
     """Images/s of a cold cache fill: decode, augmented views, frozen forward, write."""
-    from mobiletune.cache import FeatureCache, jobs_for
+    from mobiletune.frozen.cache import FeatureCache, jobs_for
     from mobiletune.data import scan
-    from mobiletune.engine import frozen_engine
+    from mobiletune.frozen.engine import frozen_engine
     from mobiletune.model import HeadPrefix, build_model, preprocess_spec
 
     data = scan(DATA)

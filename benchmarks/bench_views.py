@@ -26,7 +26,7 @@ DATA = SHARED / "datasets" / "hymenoptera"
 
 def run(epochs: int, seed: int, cache: bool, views: int) -> tuple[float, float]:
     """(seconds, best val accuracy) of one head-stage run from an empty cache."""
-    from mobiletune import pipeline
+    from mobiletune import train as pipeline
     from mobiletune.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:

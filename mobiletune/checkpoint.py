@@ -17,7 +17,8 @@ from torch import nn
 
 from mobiletune.schema import ARCHS
 from mobiletune.errors import CheckpointError
-from mobiletune.runs import atomic_write, find_run
+from mobiletune.fileio import atomic_write
+from mobiletune.runs import find_run
 
 FORMAT_VERSION = 1
 REQUIRED = ("format_version", "arch", "class_names", "stage", "unfrozen_blocks", "epoch",

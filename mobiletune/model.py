@@ -24,7 +24,7 @@ _BUILDERS = {"mobilenet_v2": (models.mobilenet_v2, models.MobileNet_V2_Weights),
              "mobilenet_v3_large": (models.mobilenet_v3_large, models.MobileNet_V3_Large_Weights)}
 
 
-class FrozenBatchNorm2d(nn.BatchNorm2d):
+class EvalOnlyBatchNorm2d(nn.BatchNorm2d):
     """A BatchNorm2d that refuses training mode, so running statistics never move.
 
     Frozen BatchNorms get this class in place (same parameters, same state_dict keys):
@@ -32,7 +32,7 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
     here, which is the fix for the bug Lightning issue 15062 describes.
     """
 
-    def train(self, mode: bool = True) -> "FrozenBatchNorm2d":
+    def train(self, mode: bool = True) -> "EvalOnlyBatchNorm2d":
         return super().train(False)
 
 
@@ -144,7 +144,7 @@ def boundary(model: nn.Module, unfreeze: int) -> int:
 def _set_bn(module: nn.Module, frozen: bool) -> None:
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.__class__ = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+            m.__class__ = EvalOnlyBatchNorm2d if frozen else nn.BatchNorm2d
             if frozen:
                 m.eval()
 
@@ -168,7 +168,7 @@ def configure_stage(model: nn.Module, unfreeze: int, train_bn: bool = False) -> 
 
 
 def is_bn_frozen(m: nn.Module) -> bool:
-    return isinstance(m, FrozenBatchNorm2d)
+    return isinstance(m, EvalOnlyBatchNorm2d)
 
 
 class HeadPrefix(nn.Module):

@@ -66,8 +66,8 @@ class Predictor:
     def _engine(self, n: int):
         """The fast path `train` uses for frozen compute: ONNX Runtime on CPU, cached."""
         if self.engine is None:
-            from mobiletune.cache import cache_root
-            from mobiletune.engine import TorchEngine, frozen_engine, onnx_cache_path
+            from mobiletune.frozen.cache import cache_root
+            from mobiletune.frozen.engine import TorchEngine, frozen_engine, onnx_cache_path
 
             cpu = torch.device("cpu")
             root, size = cache_root(), self.pre["crop"]
@@ -89,7 +89,7 @@ class Predictor:
     def from_onnx(cls, path: str | os.PathLike) -> "Predictor":
         """An exported model run by ONNX Runtime alone; labels and preprocessing come from
         the file's metadata."""
-        from mobiletune.onnx_engine import OnnxPredictor
+        from mobiletune.deploy.runtime import OnnxPredictor
 
         onnx = OnnxPredictor.from_file(path)
 

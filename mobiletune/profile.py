@@ -200,8 +200,8 @@ def time_ms(fn: Callable[[], object], min_runs: int = 3, budget_s: float = 1.0,
 def measure_latency(model: nn.Module, image_size: int, batches: tuple[int, ...] = (1, 32),
                     budget_s: float = 1.0) -> dict[str, dict[int, float]]:
     """Median milliseconds per batch in PyTorch (eager) and ONNX Runtime on this machine."""
-    from mobiletune.engine import onnx_bytes
-    from mobiletune.onnx_engine import make_session
+    from mobiletune.frozen.engine import onnx_bytes
+    from mobiletune.deploy.runtime import make_session
 
     torch.set_flush_denormal(True)  # random-init weights otherwise hit slow denormal paths
     model.eval()

@@ -7,9 +7,9 @@ from collections import Counter
 
 import torch
 
-from mobiletune import pipeline
+from mobiletune import train as pipeline
 from mobiletune.config import load_config
-from mobiletune.feeds import CachedData, balanced_sampler, class_weights
+from mobiletune.frozen.feeds import CachedData, balanced_sampler, class_weights
 from tests.conftest import make_folder, tiny_config
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from mobiletune import pipeline
-from mobiletune.cache import FeatureCache, cache_root, views_of
+from mobiletune import train as pipeline
+from mobiletune.frozen.cache import FeatureCache, cache_root, views_of
 from mobiletune.config import load_config
 from mobiletune.data import load_image
-from mobiletune.engine import TorchEngine, frozen_engine
+from mobiletune.frozen.engine import TorchEngine, frozen_engine
 from mobiletune.model import build_model, configure_stage, preprocess_spec, split
-from mobiletune.training import Callbacks
+from mobiletune.stage import Callbacks
 from tests.conftest import make_folder, make_image, tiny_config
 
 PRE = preprocess_spec("mobilenet_v3_small", "none", 32)

@@ -16,12 +16,12 @@ from mobiletune.config import Config
 from mobiletune.data import scan
 from mobiletune.transforms import eval_transform
 from mobiletune.errors import CheckpointError, ConfigError, DataError, MobiletuneError
-from mobiletune.export import (calibration_batches, check_samples, export_checkpoint,
+from mobiletune.deploy.export import (calibration_batches, check_samples, export_checkpoint,
                                load_torchscript, metadata, write_onnx)
-from mobiletune.engine import onnx_bytes
+from mobiletune.frozen.engine import onnx_bytes
 from mobiletune.model import build_model, preprocess_spec
-from mobiletune.onnx_engine import OnnxPredictor, preprocess_image, quantize_int8
-from mobiletune.runs import write_csv
+from mobiletune.deploy.runtime import OnnxPredictor, preprocess_image, quantize_int8
+from mobiletune.fileio import write_csv
 from tests.conftest import make_folder
 
 CLASSES = ("ants", "bees", "wasps")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mobiletune import pipeline
+from mobiletune import train as pipeline
 from mobiletune.config import load_config
 from mobiletune.model import build_model, configure_stage
 from tests.conftest import tiny_config

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from mobiletune import pipeline
+from mobiletune import train as pipeline
 from mobiletune.config import load_config
 from mobiletune.predict import Predictor
 from tests.conftest import HYMENOPTERA, WEIGHTS, needs_shared

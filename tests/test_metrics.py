@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mobiletune import metrics
+from mobiletune.evaluation import metrics
 
 NAMES = ["ant", "bee", "wasp"]
 Y_TRUE = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_folder, tiny_config
-from mobiletune import report
-from mobiletune.metrics import classification_metrics
+from mobiletune.evaluation import report
+from mobiletune.evaluation.metrics import classification_metrics
 
 HEADER = "stage,epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
 

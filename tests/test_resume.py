@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobiletune import pipeline
+from mobiletune import train as pipeline
 from mobiletune.config import load_config
-from mobiletune.errors import INTERRUPT, TrainingInterrupted
-from mobiletune.training import Callbacks
+from mobiletune.errors import TrainingInterrupted
+from mobiletune.interrupts import INTERRUPT
+from mobiletune.stage import Callbacks
 from tests.conftest import make_folder, make_image
 from tests.helpers_robust import invoke, read_csv, write_config
 from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)

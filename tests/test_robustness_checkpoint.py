@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobiletune.runs import atomic_write, new_run_dir
+from mobiletune.fileio import atomic_write
+from mobiletune.runs import new_run_dir
 from tests.conftest import WEIGHTS, make_folder
 from tests.helpers_robust import invoke, write_config
 from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
@@ -149,7 +150,7 @@ def test_runs_with_one_name_live_side_by_side(run, tmp_path):
 
 
 def test_disk_full_is_exit_2_and_keeps_the_saved_checkpoint(run, tmp_path, monkeypatch):
-    from mobiletune import pipeline
+    from mobiletune import train as pipeline
 
     real, calls = pipeline.save_checkpoint, []
 

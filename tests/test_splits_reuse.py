@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mobiletune import pipeline
+from mobiletune import train as pipeline
 from mobiletune.config import load_config
-from mobiletune.training import Callbacks
+from mobiletune.stage import Callbacks
 from tests.conftest import make_folder, make_image, tiny_config
 
 

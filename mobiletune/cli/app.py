@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from mobiletune import __version__
-from mobiletune.errors import INTERRUPT, MobiletuneError, TrainingInterrupted
+from mobiletune.errors import MobiletuneError, TrainingInterrupted
+from mobiletune.interrupts import INTERRUPT
 
 app = typer.Typer(
     name="mobiletune", no_args_is_help=True, add_completion=False,
@@ -43,7 +44,7 @@ def _message(e: Exception) -> str:
 
 def _on_signal(signum, frame) -> None:
     """Ctrl-C and SIGTERM end a run the same way: last.pt, exit 130."""
-    INTERRUPT.set()  # in case the exception below is swallowed (see errors.INTERRUPT)
+    INTERRUPT.set()  # in case the exception below is swallowed (see interrupts.INTERRUPT)
     raise KeyboardInterrupt
 
 

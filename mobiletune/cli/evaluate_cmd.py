@@ -78,7 +78,7 @@ def _onnx_probs(model: Any, paths: list[str], batch_size: int,
 def _open_model(checkpoint: Optional[str]) -> tuple[Callable, list[str], Path, dict[str, Any]]:
     """(probs function, class names, run directory, report info) for a .pt or .onnx file."""
     if checkpoint and checkpoint.lower().endswith(".onnx"):
-        from mobiletune.onnx_engine import OnnxPredictor
+        from mobiletune.deploy.runtime import OnnxPredictor
 
         model = OnnxPredictor.from_file(checkpoint)
         p = Path(checkpoint).absolute()
@@ -131,8 +131,8 @@ def evaluate(
     from rich.progress import Progress
 
     from mobiletune.errors import DataError
-    from mobiletune.metrics import classification_metrics
-    from mobiletune.report import write_evaluation
+    from mobiletune.evaluation.metrics import classification_metrics
+    from mobiletune.evaluation.report import write_evaluation
 
     probs_fn, names, run_dir, info = _open_model(checkpoint)
     paths, labels, source = (_folder_images(Path(data), names) if data

@@ -9,7 +9,7 @@ import typer
 from mobiletune.cli.app import app, err, guarded, out
 
 if TYPE_CHECKING:  # torch stays out of `--help`
-    from mobiletune.export import ExportReport
+    from mobiletune.deploy.export import ExportReport
 
 
 def _mb(n: int) -> str:
@@ -58,7 +58,7 @@ def export(
     """Export a checkpoint for deployment, with class names and preprocessing in the file,
     and check it against the PyTorch model on the run's validation images."""
     from mobiletune.checkpoint import load_checkpoint
-    from mobiletune.export import export_checkpoint
+    from mobiletune.deploy.export import export_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     report = export_checkpoint(

@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mobiletune.cli.app import err
-from mobiletune.training import Callbacks, EpochResult, StageSpec
+from mobiletune.stage import Callbacks, EpochResult, StageSpec
 
 
 def stage_table(spec: StageSpec, rows: list) -> Table:

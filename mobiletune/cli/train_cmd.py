@@ -39,7 +39,7 @@ def train(
     from mobiletune.cli.render import RichCallbacks
     from mobiletune.config import load_config
     from mobiletune.errors import ConfigError
-    from mobiletune import pipeline
+    from mobiletune import train as pipeline
 
     if resume is not None:
         if config is not None:
@@ -70,7 +70,7 @@ def finetune(
 ) -> None:
     """Continue a trained run with its last N blocks unfrozen, into a new run directory."""
     from mobiletune.cli.render import RichCallbacks
-    from mobiletune import pipeline
+    from mobiletune import train as pipeline
 
     pairs = c.common_pairs(arch, weights, data, batch_size, image_size, device, seed, out,
                            workers, name)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobiletune.errors import INTERRUPT
+from mobiletune.interrupts import INTERRUPT
 from mobiletune.model import configure_stage, split, stage_rows
 
 
@@ -170,7 +170,7 @@ def _train_epoch(model, tail, prefix, opt, loss_fn, spec, data, device, eseed, e
     torch.manual_seed(eseed)  # dropout and any on-the-fly augmentation
     start, lr = time.perf_counter(), opt.param_groups[0]["lr"]
     callbacks.on_epoch_start(spec.name, epoch, spec.epochs, data.steps_per_epoch)
-    model.train()  # frozen BatchNorm overrules this (model.FrozenBatchNorm2d)
+    model.train()  # frozen BatchNorm overrules this (model.EvalOnlyBatchNorm2d)
     loss_sum, correct, seen = 0.0, 0, 0
     for step, (x, y) in enumerate(data.train_batches(eseed), 1):
         if INTERRUPT.is_set():  # a Ctrl-C whose KeyboardInterrupt Python swallowed

@@ -52,7 +52,7 @@ class OrtEngine:
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path) -> None:
-        from mobiletune.onnx_engine import make_session
+        from mobiletune.deploy.runtime import make_session
 
         self.session = make_session(onnx_path, torch.get_num_threads())
         self.input = self.session.get_inputs()[0].name
@@ -82,7 +82,7 @@ def onnx_bytes(module: nn.Module, size: int, output: str = "logits") -> bytes:
 
 def export_onnx(module: nn.Module, path: Path, size: int) -> Path:
     """Export a frozen prefix into the cache, whole or not at all."""
-    from mobiletune.runs import atomic_write
+    from mobiletune.fileio import atomic_write
 
     data = onnx_bytes(module, size, output="features")
     return atomic_write(path, lambda f: f.write(data))

@@ -19,10 +19,11 @@ from mobiletune.checkpoint import (FORMAT_VERSION, load_checkpoint, model_from_c
 from mobiletune.config import Config, config_from_dict, dump_yaml
 from mobiletune.data import ScanResult, read_splits, scan
 from mobiletune.errors import CheckpointError, TrainingInterrupted
-from mobiletune.feeds import class_weights, make_feed
+from mobiletune.frozen.feeds import class_weights, make_feed
 from mobiletune.model import build_model, preprocess_spec
-from mobiletune.runs import new_run_dir, update_latest, write_csv, write_text
-from mobiletune.training import (METRICS_HEADER, Callbacks, StageSpec, StageState, fit_stage,
+from mobiletune.fileio import write_csv, write_text
+from mobiletune.runs import new_run_dir, update_latest
+from mobiletune.stage import (METRICS_HEADER, Callbacks, StageSpec, StageState, fit_stage,
                                  state_from_dict, state_to_dict)
 
 
@@ -163,7 +164,7 @@ def _draw_curves(run: Run, callbacks: Callbacks) -> None:
     if not (run.dir / "metrics.csv").is_file():
         return
     try:
-        from mobiletune.report import plot_curves
+        from mobiletune.evaluation.report import plot_curves
 
         plot_curves(run.dir / "metrics.csv", run.dir / "curves.png")
     except Exception as e:  # noqa: BLE001 - matplotlib/font problems are not training errors
@@ -232,7 +233,7 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
                               "folders to resume, or start a new run.")
     model = model_from_checkpoint(ckpt)
     r = ckpt["resume"]
-    from mobiletune.training import EpochResult
+    from mobiletune.stage import EpochResult
 
     run = Run(Path(ckpt["path"]).parent, cfg, data, model, ckpt["preprocess"],
               [StageSpec(**s) for s in r["stages"]], [EpochResult(**h) for h in r["history"]],

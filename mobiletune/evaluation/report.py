@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mobiletune.runs import atomic_write, write_csv, write_text
+from mobiletune.fileio import atomic_write, write_csv, write_text
 
 _PNG_META = {"Software": None}  # matplotlib would otherwise stamp its web address into each PNG
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mobiletune.data import Sample, load_image
-from mobiletune.runs import write_text
+from mobiletune.fileio import write_text
 from mobiletune.transforms import augmented_view, decode_side, eval_transform
 
 CACHE_VERSION = 1

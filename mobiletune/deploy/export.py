@@ -2,7 +2,7 @@
 
 The exported graph maps a normalized float32 NCHW batch (any batch size) to logits. Class
 names and preprocessing travel inside the file: ONNX `metadata_props`, TorchScript extra
-files, both under the keys of `onnx_engine.META_KEYS`. Parity is measured on real images of
+files, both under the keys of `deploy.runtime.META_KEYS`. Parity is measured on real images of
 the run (its splits.csv, or `--data`), decoded once and fed to every model side by side.
 """
 
@@ -25,9 +25,9 @@ from torch import nn
 from mobiletune.data import Sample, load_image, scan
 from mobiletune.transforms import eval_transform
 from mobiletune.errors import ConfigError, DataError, MobiletuneError
-from mobiletune.onnx_engine import make_session, quantize_int8, softmax
-from mobiletune.engine import onnx_bytes
-from mobiletune.runs import atomic_write
+from mobiletune.deploy.runtime import make_session, quantize_int8, softmax
+from mobiletune.frozen.engine import onnx_bytes
+from mobiletune.fileio import atomic_write
 
 CALIB_IMAGES = 128  # enough for stable min/max ranges; calibration time grows linearly
 
@@ -64,7 +64,7 @@ def write_torchscript(model: nn.Module, path: str | Path, meta: dict[str, str],
 
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, str]]:
     """A saved TorchScript model and its metadata strings."""
-    from mobiletune.onnx_engine import META_KEYS
+    from mobiletune.deploy.runtime import META_KEYS
 
     extra = {k: "" for k in META_KEYS}
     with warnings.catch_warnings():

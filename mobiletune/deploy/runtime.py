@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from mobiletune.errors import CheckpointError
-from mobiletune.runs import atomic_write
+from mobiletune.fileio import atomic_write
 
 META_KEYS = ("class_names", "resize", "crop", "mean", "std")
 

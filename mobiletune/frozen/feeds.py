@@ -1,4 +1,5 @@
-"""Batch sources for a stage: live images through a DataLoader (cached ones: cache.py)."""
+"""Batch sources for a stage: live images through a DataLoader, or cached prefix outputs
+(the entries of frozen/cache.py) stacked into batches."""
 
 from __future__ import annotations
 
@@ -118,8 +119,8 @@ def _derive(mid: torch.nn.Module, arrays, batch: int = 64) -> np.ndarray:
 
 
 def _cached_feed(cfg, data, pre: dict, model, unfreeze: int, device, callbacks) -> CachedData:
-    from mobiletune.cache import FeatureCache, cache_root, jobs_for
-    from mobiletune.engine import frozen_engine, module_digest
+    from mobiletune.frozen.cache import FeatureCache, cache_root, jobs_for
+    from mobiletune.frozen.engine import frozen_engine, module_digest
     from mobiletune.model import HeadPrefix, Tail, boundary
 
     # The head stage of a run that will finetune caches at the finetune boundary, so the
