@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobiletune import dist
 from mobiletune.interrupts import INTERRUPT
 from mobiletune.model import configure_stage, split, stage_rows
 
@@ -103,10 +104,15 @@ def epoch_seed(seed: int, stage: str, epoch: int) -> int:
 
 def _step_batch(tail, prefix, data, x, y, device, loss_fn):
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    if data.live:
-        with torch.no_grad():
-            x = prefix(x)
-    logits = tail(x.float())
+    cuda = device.type == "cuda"
+    if cuda and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    # CUDA: float16 autocast (its loss scaling is in _train_epoch); CPU: float32 as always
+    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        if data.live:
+            with torch.no_grad():
+                x = prefix(x)
+        logits = tail(x if cuda else x.float()).float()
     return logits, loss_fn(logits, y), y
 
 
@@ -122,6 +128,7 @@ def evaluate(tail: nn.Module, prefix: nn.Module, data: StageData, device) -> tup
             loss_sum += loss.item()
             correct += (logits.argmax(1) == y).sum().item()
             total += len(y)
+    loss_sum, correct, total = dist.all_sum([loss_sum, correct, total])  # every rank's share
     return loss_sum / max(total, 1), correct / max(total, 1)
 
 
@@ -133,6 +140,9 @@ def fit_stage(model: nn.Module, spec: StageSpec, data: StageData, *, seed: int, 
     params = configure_stage(model, spec.unfreeze, spec.train_bn)
     prefix, tail = split(model, spec.unfreeze)
     model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    trainer = dist.wrap(tail, device)  # DDP when distributed: gradients averaged over ranks
     callbacks.on_stage_start(spec, stage_rows(model, spec.lr))
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     # Cosine decay stepped once per epoch: epoch e trains at lr * (1 + cos(pi e / E)) / 2.
@@ -148,7 +158,7 @@ def fit_stage(model: nn.Module, spec: StageSpec, data: StageData, *, seed: int, 
     for epoch in range(state.epochs_done + 1, spec.epochs + 1):
         if spec.patience and state.stale >= spec.patience:
             break
-        result = _train_epoch(model, tail, prefix, opt, loss_fn, spec, data, device,
+        result = _train_epoch(model, trainer, prefix, opt, loss_fn, spec, data, device,
                               epoch_seed(seed, spec.name, epoch), epoch, callbacks)
         sched.step()
         result.val_loss, result.val_acc = evaluate(tail, prefix, data, device)
@@ -167,7 +177,9 @@ def fit_stage(model: nn.Module, spec: StageSpec, data: StageData, *, seed: int, 
 
 def _train_epoch(model, tail, prefix, opt, loss_fn, spec, data, device, eseed, epoch,
                  callbacks) -> EpochResult:
-    torch.manual_seed(eseed)  # dropout and any on-the-fly augmentation
+    # dropout and any on-the-fly augmentation: per epoch, and per rank (other data, other masks)
+    torch.manual_seed(eseed + 7919 * dist.rank())
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     start, lr = time.perf_counter(), opt.param_groups[0]["lr"]
     callbacks.on_epoch_start(spec.name, epoch, spec.epochs, data.steps_per_epoch)
     model.train()  # frozen BatchNorm overrules this (model.EvalOnlyBatchNorm2d)
@@ -177,13 +189,15 @@ def _train_epoch(model, tail, prefix, opt, loss_fn, spec, data, device, eseed, e
             raise KeyboardInterrupt
         logits, loss, y = _step_batch(tail, prefix, data, x, y, device, loss_fn)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         n = len(y)
         loss_sum += loss.item() * n
         correct += (logits.argmax(1) == y).sum().item()
         seen += n
         callbacks.on_step(step, loss.item(), correct / seen, n)
+    loss_sum, correct, seen = dist.all_sum([loss_sum, correct, seen])
     return EpochResult(spec.name, epoch, loss_sum / max(seen, 1), correct / max(seen, 1),
                        math.nan, math.nan, lr, time.perf_counter() - start)
 

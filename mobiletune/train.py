@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobiletune import dist
 from mobiletune.checkpoint import (FORMAT_VERSION, load_checkpoint, model_from_checkpoint,
                                    save_checkpoint)
 from mobiletune.config import Config, config_from_dict, dump_yaml
@@ -67,8 +68,11 @@ class Run:
     history: list = dataclasses.field(default_factory=list)
     stage_index: int = 0
     state: StageState = dataclasses.field(default_factory=StageState)
+    device: torch.device = torch.device("cpu")
 
     def log(self, text: str) -> None:
+        if not dist.is_main():  # one writer: rank 0
+            return
         stamp = dt.datetime.now().isoformat(timespec="seconds")
         with open(self.dir / "train.log", "a", encoding="utf-8") as f:
             f.write(f"{stamp} {text}\n")
@@ -92,6 +96,8 @@ class Run:
     def save(self, state: StageState, is_best: bool) -> None:
         self.state = state
         self.history = self._done_history() + list(state.history)
+        if not dist.is_main():
+            return
         write_csv(self.dir / "metrics.csv", METRICS_HEADER, [r.row() for r in self.history])
         # best.pt first: an interrupt between the two leaves last.pt one epoch behind, and
         # resuming redoes that epoch (and rewrites best.pt); the other order loses best.pt
@@ -109,9 +115,12 @@ class Run:
 
 
 def _start(cfg: Config, data: ScanResult, model: nn.Module, pre: dict, stages: list[StageSpec],
-           callbacks: Callbacks) -> Run:
-    run_dir = new_run_dir(cfg.output, cfg.name)
-    run = Run(run_dir, cfg, data, model, pre, stages)
+           callbacks: Callbacks, device: torch.device) -> Run:
+    # rank 0 makes the directory; every rank learns its name (or rank 0's error)
+    run_dir = Path(dist.on_main(lambda: str(new_run_dir(cfg.output, cfg.name))))
+    run = Run(run_dir, cfg, data, model, pre, stages, device=device)
+    if not dist.is_main():
+        return run
     write_text(run_dir / "config.yaml", dump_yaml(cfg))
     write_csv(run_dir / "splits.csv", ["path", "label", "split"],
               [(s.path, data.classes[s.label], s.split) for s in data.samples])
@@ -130,12 +139,13 @@ def _start(cfg: Config, data: ScanResult, model: nn.Module, pre: dict, stages: l
 
 
 def _scan(cfg: Config) -> ScanResult:
-    return scan(cfg.data.root, cfg.data.val_split, cfg.seed)
+    # rank 0 scans and every rank gets its result: one split, one read of the folder
+    return dist.on_main(lambda: scan(cfg.data.root, cfg.data.val_split, cfg.seed))
 
 
 def _execute(run: Run, callbacks: Callbacks) -> Path:
     """Run the remaining stages of `run`; Ctrl-C / SIGTERM leave a resumable last.pt."""
-    device = pick_device(run.cfg.device)
+    device = run.device
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions crawl
     try:
         while run.stage_index < len(run.stages):
@@ -150,11 +160,13 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
             run.stage_index += 1
             # the next stage starts from the run's best score, so best.pt stays the best
             run.state = StageState(best=state.best)
-            save_checkpoint(run.dir / "last.pt", run.checkpoint(resume=True))
+            if dist.is_main():
+                save_checkpoint(run.dir / "last.pt", run.checkpoint(resume=True))
     except KeyboardInterrupt:
         run.log("interrupted; resume with `mobiletune train --resume " + str(run.dir) + "`")
         raise TrainingInterrupted(run.dir) from None
-    _draw_curves(run, callbacks)
+    if dist.is_main():
+        _draw_curves(run, callbacks)
     run.log("done")
     return run.dir
 
@@ -175,11 +187,12 @@ def _draw_curves(run: Run, callbacks: Callbacks) -> None:
 def train(cfg: Config, callbacks: Callbacks | None = None) -> Path:
     """The head stage, then the finetune stage if the config has one. Returns the run dir."""
     callbacks = callbacks or Callbacks()
+    device = dist.init(pick_device(cfg.device))
     data = _scan(cfg)
     torch.manual_seed(cfg.seed)  # the new head's initialization
     model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), cfg.model.dropout)
     pre = preprocess_spec(cfg.model.arch, cfg.model.weights, cfg.data.image_size)
-    run = _start(cfg, data, model, pre, plan(cfg), callbacks)
+    run = _start(cfg, data, model, pre, plan(cfg), callbacks, device)
     return _execute(run, callbacks)
 
 
@@ -214,7 +227,9 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
                               f"but {cfg.data.root} holds {data.classes}; finetune needs the same "
                               "classes (train a new run instead).")
     model = model_from_checkpoint(parent)
-    run = _start(cfg, data, model, parent["preprocess"], plan(cfg, head=False), callbacks)
+    device = dist.init(pick_device(cfg.device))
+    run = _start(cfg, data, model, parent["preprocess"], plan(cfg, head=False), callbacks,
+                 device)
     return _execute(run, callbacks)
 
 
@@ -232,12 +247,13 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
                               f"{cfg.data.root} now holds {data.classes}; restore the class "
                               "folders to resume, or start a new run.")
     model = model_from_checkpoint(ckpt)
+    device = dist.init(pick_device(cfg.device))
     r = ckpt["resume"]
     from mobiletune.stage import EpochResult
 
     run = Run(Path(ckpt["path"]).parent, cfg, data, model, ckpt["preprocess"],
               [StageSpec(**s) for s in r["stages"]], [EpochResult(**h) for h in r["history"]],
-              r["stage_index"], state_from_dict(r["state"]))
+              r["stage_index"], state_from_dict(r["state"]), device)
     if run.stage_index >= len(run.stages):
         callbacks.on_message(f"{run.dir} already finished; nothing to resume.")
         return run.dir
@@ -245,5 +261,6 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
     for w in data.warnings:
         run.log(f"warning: {w}")
         callbacks.on_message(f"warning: {w}")
-    update_latest(run.dir)
+    if dist.is_main():
+        update_latest(run.dir)
     return _execute(run, callbacks)

@@ -54,7 +54,7 @@ def test_cached_head_gradients_match_live(tmp_path, engine_kind):
     store.fill([(str(img_path), "train")], engine)
     cached = torch.from_numpy(np.array(store.load(str(img_path), "train"))).float()
     views = torch.stack(views_of(load_image(img_path), PRE, "standard", 3,
-                                 store.path(str(img_path), "train").name.split(".")[0]))
+                                 store.key(str(img_path))))
     y = torch.tensor([0, 1, 0])
     tail.eval()  # no dropout: compare the arithmetic, not random masks
     assert cached.abs().mean() > 0.1  # real signal, not vanishing activations
@@ -94,7 +94,9 @@ def test_changed_image_invalidates_its_entry(tmp_path):
     assert not np.array_equal(before, np.array(store.load(str(a), "train")))
 
 
-def test_runs_share_the_cache_only_when_everything_matches(tmp_path):
+def test_runs_share_the_cache_only_when_everything_matches(tmp_path, monkeypatch):
+    # its own cache: entries are keyed by content, and other tests make the same images
+    monkeypatch.setenv("MOBILETUNE_CACHE", str(tmp_path / "cache"))
     data = make_folder(tmp_path / "data", per_class=4)
     base = load_config(tiny_config(tmp_path, data, data={"views": 2}))
 
@@ -118,7 +120,8 @@ def test_runs_share_the_cache_only_when_everything_matches(tmp_path):
     assert run(**{"model.weights": str(w), "data.views": 3}) is True
 
 
-def test_finetune_after_train_reuses_the_cache(tmp_path):
+def test_finetune_after_train_reuses_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBILETUNE_CACHE", str(tmp_path / "cache"))
     data = make_folder(tmp_path / "data", per_class=4)
     cfg = load_config(tiny_config(tmp_path, data, finetune={"unfreeze": 2, "epochs": 1}))
     first = Recorder()
@@ -138,3 +141,64 @@ def test_cache_false_writes_nothing(tmp_path):
     after = set(Path(cache_root()).rglob("*")) if cache_root().exists() else set()
     assert not rec.cached() and after == before
     assert (run / "best.pt").is_file()
+
+
+def _means(x):
+    return x.mean(dim=(2, 3))  # per-channel means: distinct images differ
+
+
+def test_packed_entries_read_back_what_was_written(tmp_path):
+    paths = [str(make_image(tmp_path / f"{i}.jpg", seed=i, color=i)) for i in range(7)]
+    store = FeatureCache(tmp_path / "c", "p", PRE, "light", 3)
+    store.store.pack_bytes = 40  # several packs: reads must cross pack boundaries
+    jobs = [(p, "train") for p in paths]
+    assert store.fill(jobs, _means) == 7
+    assert len(list((store.dir / "packs").glob("*.npy"))) > 1
+    written = {}
+    for p in paths:  # what the engine made for each image, computed on its own
+        views = torch.stack(views_of(load_image(p, 64), PRE, "light", 3, store.key(p)))
+        written[p] = _means(views).half().numpy()
+    assert not np.array_equal(written[paths[0]], written[paths[1]])
+    entries = store.entries(jobs)
+    items, rows = np.array([6, 0, 3, 3, 1]), np.array([2, 0, 1, 2, 0])
+    got = entries.take(items, rows)
+    want = np.stack([written[paths[i]][r] for i, r in zip(items, rows)])
+    assert np.array_equal(got, want)
+    assert np.array_equal(entries.load().take(items, rows), want)  # the in-RAM path too
+    assert store.missing(jobs) == []
+
+
+def test_moved_folder_hits_and_edited_bytes_miss(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=3)
+    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
+    jobs = [(str(p), "eval") for p in sorted(data.rglob("*.jpg"))]
+    store.fill(jobs, _means)
+    moved = data.rename(tmp_path / "renamed")
+    jobs2 = [(p.replace(str(data), str(moved)), k) for p, k in jobs]
+    fresh = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)  # a new process, same cache
+    assert fresh.missing(jobs2) == []
+    target = jobs2[0][0]
+    st = os.stat(target)
+    raw = bytearray(Path(target).read_bytes())
+    raw[-3] ^= 0xFF  # same size, same mtime, other bytes: the old path+size+mtime key missed it
+    Path(target).write_bytes(bytes(raw))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert FeatureCache(tmp_path / "c", "p", PRE, "none", 1).missing(jobs2) == [jobs2[0]]
+
+
+def test_a_killed_fill_leaves_no_visible_half_pack(tmp_path):
+    paths = [str(make_image(tmp_path / f"{i}.jpg", seed=i)) for i in range(4)]
+    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
+    store.store.pack_bytes = 1  # a pack per entry
+
+    def dies_on_third(x, calls=[]):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return _means(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        store.fill([(p, "eval") for p in paths], dies_on_third, batch=1)
+    (store.dir / "packs" / "orphan.npy").write_bytes(b"half")  # a pack killed before its index
+    again = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
+    assert again.missing([(p, "eval") for p in paths]) == [(p, "eval") for p in paths[2:]]

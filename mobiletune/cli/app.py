@@ -67,6 +67,43 @@ def _install_handlers() -> list[tuple[int, object]]:
     return old
 
 
+def _worker_rank() -> int:
+    """This process's rank under torchrun (0 when launched alone), read without torch."""
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
+
+
+def _silence_workers() -> None:
+    """Under torchrun only rank 0 talks: the others print no progress and no warnings
+    (set once here, not `if rank == 0` through the code)."""
+    if _worker_rank() != 0:
+        import warnings
+
+        out.quiet = err.quiet = True
+        warnings.simplefilter("ignore")
+
+
+def _print_error(e: MobiletuneError) -> None:
+    """One message: rank 0's. Another rank prints only an error of its own (one the ranks
+    did not agree on, e.g. a file it alone failed to read), prefixed with its rank."""
+    text = escape(_message(e))  # a path like data/[raw]/x.jpg is text, not rich markup
+    rank = _worker_rank()
+    if rank != 0:
+        dist = sys.modules.get("mobiletune.dist")
+        # before the group exists every rank meets the same error: rank 0 says it
+        if getattr(e, "all_ranks", False) or dist is None or not dist.active():
+            return
+        text = f"rank {rank}: {text}"
+    Console(stderr=True).print(f"[bold red]error:[/] {text}", highlight=False, markup=True,
+                               soft_wrap=True)
+
+
+def _close_group() -> None:
+    if "mobiletune.dist" in sys.modules:  # only a command that trained imported it
+        sys.modules["mobiletune.dist"].close()
+
+
 def guarded(fn: Callable) -> Callable:
     """Run a command under the error policy: MobiletuneError -> message + exit 2,
     interrupts -> exit 130. Tracebacks are left only for genuine bugs (exit 1)."""
@@ -75,12 +112,11 @@ def guarded(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         old, hook = _install_handlers(), sys.unraisablehook
         sys.unraisablehook = _quiet_interrupts
+        _silence_workers()
         try:
             return fn(*args, **kwargs)
         except MobiletuneError as e:
-            # escape: a path like data/[raw]/x.jpg is text, not rich markup
-            err.print(f"[bold red]error:[/] {escape(_message(e))}", highlight=False,
-                      markup=True, soft_wrap=True)
+            _print_error(e)
             raise typer.Exit(2) from None
         except OSError as e:
             if e.errno not in _USER_OS_ERRORS:
@@ -99,6 +135,7 @@ def guarded(fn: Callable) -> Callable:
             err.print("[yellow]interrupted.[/]")
             raise typer.Exit(130) from None
         finally:
+            _close_group()
             sys.unraisablehook = hook
             for signum, handler in old:
                 signal.signal(signum, handler)

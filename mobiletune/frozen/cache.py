@@ -1,16 +1,21 @@
 """Never compute the frozen part twice: cached prefix outputs, per image and per view.
 
 Each training image gets K augmented views and each val image its eval view; the frozen
-prefix runs on them once and the outputs are stored as float16 `.npy` files, read back
-memory-mapped (data sets larger than RAM work). An entry's file name hashes the image's
-real path, size and mtime; its folder hashes everything else that shapes the numbers: the
-prefix's own weights (so arch, weights file, and depth), the preprocessing, the augmentation
-and the number of views. A changed image or setting therefore never reads a stale entry.
+prefix runs on them once and the outputs are stored as float16 entries packed many to a
+file (frozen/store.py), read back memory-mapped in slices or loaded into RAM once.
+
+Keys cannot go stale. An entry's key is a hash of the image file's bytes (not its path,
+size or mtime): an edited image is a new key, and a moved or renamed folder of the same
+images hits. The folder holding the entries hashes everything else that shapes the numbers:
+the prefix's own weights (so arch, weights file and depth), the preprocessing, the view
+policy, the source of the decode/transform code, and the versions of the libraries that
+compute them (torch, torchvision, Pillow, ONNX Runtime).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -23,9 +28,12 @@ import torch
 
 from mobiletune.data import Sample, load_image
 from mobiletune.fileio import write_text
+from mobiletune.frozen.store import Entries, PackStore
 from mobiletune.transforms import augmented_view, decode_side, eval_transform
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: packed entries, content keys
+
+Job = tuple[str, str]  # (image path, "train" | "eval")
 
 
 def cache_root() -> Path:
@@ -42,10 +50,34 @@ def _sha(text: str, n: int = 24) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
 
 
-def image_key(path: str) -> str:
-    """Identity of an image file's content as the cache sees it: real path, size, mtime."""
-    st = os.stat(path)
-    return _sha(f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}", 32)
+def file_digest(path: str) -> str:
+    """Hash of a file's bytes: an image's identity as the cache sees it. Reading a JPEG
+    costs a small fraction of decoding it (hashlib releases the GIL, so threads scale)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()[:32]
+
+
+def code_version() -> str:
+    """A hash of the code that turns a file into network input (decode and transforms) and
+    of the library versions that compute the numbers: any change there is a new cache."""
+    import PIL
+    import torchvision
+
+    from mobiletune import data, transforms
+
+    try:
+        import onnxruntime
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = "none"
+    src = inspect.getsource(transforms) + inspect.getsource(data.load_image) \
+        + inspect.getsource(data._to_rgb)
+    libs = f"torch {torch.__version__}|torchvision {torchvision.__version__}|" \
+           f"pillow {PIL.__version__}|onnxruntime {ort}"
+    return _sha(src + libs)
 
 
 def views_of(img, pre: dict, augment: str, k: int, key: str) -> list[torch.Tensor]:
@@ -57,63 +89,99 @@ def views_of(img, pre: dict, augment: str, k: int, key: str) -> list[torch.Tenso
 
 
 class FeatureCache:
-    """Frozen-prefix outputs on disk for one (prefix, preprocessing, view policy)."""
+    """Frozen-prefix outputs on disk for one (prefix, preprocessing, view policy).
+
+    The store API: `key(path)`, `missing(jobs)`, `put(job, array)` + `flush()`, `fill(jobs,
+    engine)` (decode, run, put) and `entries(jobs)` for reading back.
+    """
 
     def __init__(self, root: Path, prefix_id: str, pre: dict, augment: str, views: int) -> None:
         self.pre, self.augment, self.views = pre, augment, views
         policy = json.dumps({"v": CACHE_VERSION, "prefix": prefix_id, "pre": pre,
-                             "augment": augment, "views": views}, sort_keys=True)
+                             "augment": augment, "views": views, "code": code_version()},
+                            sort_keys=True)
         self.dir = Path(root) / "features" / _sha(policy)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.store = PackStore(self.dir)
         meta = self.dir / "policy.json"
         if not meta.exists():
             write_text(meta, policy)
+        # path -> (size, mtime_ns, digest): a file is hashed once per process unless it
+        # changes under us; across processes every file is hashed again (never trusted)
+        self._digests: dict[str, tuple[int, int, str]] = {}
 
-    def path(self, sample_path: str, kind: str) -> Path:
-        return self.dir / f"{image_key(sample_path)}.{kind}.npy"
+    def key(self, path: str) -> str:
+        """The content key of an image (see `file_digest`), hashed once per process."""
+        st = os.stat(path)
+        known = self._digests.get(path)
+        if known and known[:2] == (st.st_size, st.st_mtime_ns):
+            return known[2]
+        digest = file_digest(path)
+        self._digests[path] = (st.st_size, st.st_mtime_ns, digest)
+        return digest
 
-    def missing(self, jobs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        return [(p, k) for p, k in jobs if not self.path(p, k).is_file()]
+    def hash_all(self, paths: list[str], threads: int = 8) -> list[str]:
+        """Content keys of many files, read in parallel."""
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(self.key, paths))
 
-    def _decode(self, job: tuple[str, str]) -> list[torch.Tensor]:
+    def entry_key(self, job: Job) -> str:
+        return f"{self.key(job[0])}.{job[1]}"
+
+    def missing(self, jobs: list[Job]) -> list[Job]:
+        """The jobs whose entries are not stored (yet)."""
+        self.hash_all([p for p, _ in jobs])
+        have = self.store.has([self.entry_key(j) for j in jobs])
+        return [j for j, h in zip(jobs, have) if not h]
+
+    def put(self, job: Job, array: np.ndarray) -> None:
+        """Store the entry of `job` ([rows, *feature]); visible after `flush`."""
+        self.store.put(self.entry_key(job), array)
+
+    def flush(self) -> None:
+        self.store.flush()
+
+    def entries(self, jobs: list[Job]) -> Entries:
+        """The stored entries of `jobs`, in order (every one must exist)."""
+        self.hash_all([p for p, _ in jobs])
+        return self.store.entries([self.entry_key(j) for j in jobs])
+
+    def load(self, sample_path: str, kind: str) -> np.ndarray:
+        """One entry, [rows, *feature]."""
+        return self.entries([(sample_path, kind)]).block(0, 1)[0]
+
+    def _decode(self, job: Job) -> list[torch.Tensor]:
         path, kind = job
         img = load_image(path, decode_side(self.pre))
         if kind == "eval":
             return [eval_transform(self.pre)(img)]
-        return views_of(img, self.pre, self.augment, self.views, image_key(path))
+        return views_of(img, self.pre, self.augment, self.views, self.key(path))
 
-    def fill(self, jobs: list[tuple[str, str]], engine: Callable[[torch.Tensor], torch.Tensor],
+    def fill(self, jobs: list[Job], engine: Callable[[torch.Tensor], torch.Tensor],
              batch: int = 32, on_progress: Callable[[int, int], None] | None = None) -> int:
         """Compute and store every missing (path, kind) entry; returns how many were made."""
         todo = self.missing(jobs)
         chunk = max(1, batch // (1 if self.augment == "none" else self.views))
         groups = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
         done = 0
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            pending = pool.map(self._decode, groups[0]) if groups else None
-            for gi, group in enumerate(groups):
-                decoded = list(pending)
-                if gi + 1 < len(groups):  # decode the next group while this one runs
-                    pending = pool.map(self._decode, groups[gi + 1])
-                out = engine(torch.stack([v for views in decoded for v in views]))
-                out = out.to(torch.float16).cpu().numpy()
-                start = 0
-                for job, views in zip(group, decoded):
-                    self._save(self.path(*job), out[start:start + len(views)])
-                    start += len(views)
-                done += len(group)
-                if on_progress:
-                    on_progress(done, len(todo))
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+                pending = pool.map(self._decode, groups[0]) if groups else None
+                for gi, group in enumerate(groups):
+                    decoded = list(pending)
+                    if gi + 1 < len(groups):  # decode the next group while this one runs
+                        pending = pool.map(self._decode, groups[gi + 1])
+                    out = engine(torch.stack([v for views in decoded for v in views]))
+                    out = out.to(torch.float16).cpu().numpy()
+                    start = 0
+                    for job, views in zip(group, decoded):
+                        self.put(job, out[start:start + len(views)])
+                        start += len(views)
+                    done += len(group)
+                    if on_progress:
+                        on_progress(done, len(todo))
+        finally:
+            self.flush()  # what was computed before an interrupt is kept
         return done
-
-    def _save(self, path: Path, arr: np.ndarray) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)  # whole or not at all: a killed run leaves no half entry
-
-    def load(self, sample_path: str, kind: str) -> np.ndarray:
-        return np.load(self.path(sample_path, kind), mmap_mode="r")
 
 
 def jobs_for(train: list[Sample], val: list[Sample]) -> list[tuple[str, str]]:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from mobiletune import dist
 from mobiletune.data import ImageDataset, Sample
 from mobiletune.transforms import decode_side, eval_transform, train_transform
 
@@ -38,9 +40,10 @@ class LiveData:
         side = decode_side(pre)
         self.train_set = ImageDataset(train, train_transform(pre, augment), side)
         self.val_set = ImageDataset(val, eval_transform(pre), pre["resize"])
-        self.batch_size, self.workers, self.balance, self.pin = batch_size, workers, balance, pin
+        self.batch_size, self.workers, self.balance, self.pin = \
+            per_rank_batch(batch_size), workers, balance, pin
         self.n_train = len(train)
-        self.steps_per_epoch = -(-len(train) // batch_size)
+        self.steps_per_epoch = -(-len(rank_share(torch.arange(len(train)))) // self.batch_size)
 
     def _loader(self, dataset, *, shuffle: bool, seed: int, sampler=None) -> DataLoader:
         g = torch.Generator().manual_seed(seed)  # order and worker seeds follow the epoch
@@ -50,77 +53,146 @@ class LiveData:
 
     def train_batches(self, epoch_seed: int):
         labels = [s.label for s in self.train_set.samples]
-        sampler = balanced_sampler(labels, epoch_seed) if self.balance == "sampler" else None
-        return self._loader(self.train_set, shuffle=True, seed=epoch_seed, sampler=sampler)
+        if not dist.active():  # one process: exactly the order it always had
+            sampler = balanced_sampler(labels, epoch_seed) if self.balance == "sampler" else None
+            return self._loader(self.train_set, shuffle=True, seed=epoch_seed, sampler=sampler)
+        g = torch.Generator().manual_seed(epoch_seed)
+        order = epoch_order(self.n_train, labels, self.balance, epoch_seed, g)
+        return self._loader(self.train_set, shuffle=False, seed=epoch_seed,
+                            sampler=rank_share(order).tolist())
 
     def val_batches(self):
-        return self._loader(self.val_set, shuffle=False, seed=0)
+        if not dist.active():
+            return self._loader(self.val_set, shuffle=False, seed=0)
+        share = list(dist.shard(range(len(self.val_set))))
+        return self._loader(self.val_set, shuffle=False, seed=0, sampler=share)
 
 
 
-class EntryStack:
-    """Per-image cache entries read memory-mapped on demand: `stack[i]` is image i's
-    [views, ...] array, so a data set larger than RAM still trains."""
+def epoch_order(n: int, labels: list[int], balance: str, epoch_seed: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """The epoch's visiting order over all n training items (the same on every rank)."""
+    if balance == "sampler":
+        return torch.tensor(list(balanced_sampler(labels, epoch_seed)), dtype=torch.long)
+    return torch.randperm(n, generator=generator)
 
-    def __init__(self, paths: list) -> None:
-        self.paths = paths
 
-    def __len__(self) -> int:
-        return len(self.paths)
+def rank_share(order: torch.Tensor) -> torch.Tensor:
+    """This rank's items of an epoch order: padded by wrapping to a multiple of the world
+    size, then every world-th item, so each rank takes the same number of steps."""
+    world, r = dist.world_size(), dist.rank()
+    if world == 1 or len(order) == 0:
+        return order
+    pad = -len(order) % world
+    order = torch.cat([order, order[:pad]]) if pad else order
+    return order[r::world]
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        return np.load(self.paths[i], mmap_mode="r")
+
+def per_rank_batch(batch_size: int) -> int:
+    """`data.batch_size` is the effective (global) batch: each rank takes its share."""
+    return -(-batch_size // dist.world_size())
+
+
+# Cached splits up to this many bytes are copied into RAM once (then an epoch is an
+# in-memory gather); larger ones are read from the memory-mapped packs batch by batch.
+RAM_BYTES = int(os.environ.get("MOBILETUNE_CACHE_RAM_MB", "2048")) << 20
 
 
 class CachedData:
-    """Batches of cached frozen-prefix outputs; each epoch draws one of K views per image."""
+    """Batches of cached frozen-prefix outputs; each epoch draws one of K views per image.
+
+    `train` / `val` are cache Entries (frozen/store.py) or in-RAM arrays [n, views, ...].
+    """
 
     live = False
 
     def __init__(self, train, train_labels: list[int], val, val_labels: list[int], *,
-                 batch_size: int, balance: str) -> None:
+                 batch_size: int, balance: str, pin: bool = False) -> None:
         self.train, self.val = train, val
         self.train_labels, self.val_labels = torch.tensor(train_labels), torch.tensor(val_labels)
-        self.batch_size, self.balance = batch_size, balance
+        self.batch_size, self.balance, self.pin = per_rank_batch(batch_size), balance, pin
         self.n_train = len(train_labels)
-        self.steps_per_epoch = -(-self.n_train // batch_size)
+        self.steps_per_epoch = -(-len(rank_share(torch.arange(self.n_train))) // self.batch_size)
 
-    def _batches(self, arrays, labels, order, views):
+    def _batches(self, arrays, labels, order: torch.Tensor, views: torch.Tensor):
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size].tolist()
-            x = np.stack([arrays[i][v] for i, v in zip(idx, views[start:start + len(idx)])])
-            yield torch.from_numpy(x), labels[idx]
+            idx = order[start:start + self.batch_size].numpy()
+            v = views[start:start + len(idx)].numpy()
+            x = arrays[idx, v] if isinstance(arrays, np.ndarray) else arrays.take(idx, v)
+            x = torch.from_numpy(np.ascontiguousarray(x))
+            yield (x.pin_memory() if self.pin else x), labels[idx]
 
     def train_batches(self, epoch_seed: int):
         g = torch.Generator().manual_seed(epoch_seed)
-        if self.balance == "sampler":
-            order = torch.tensor(list(balanced_sampler(self.train_labels.tolist(), epoch_seed)))
-        else:
-            order = torch.randperm(self.n_train, generator=g)
-        k = self.train[0].shape[0] if self.n_train else 1
-        views = torch.randint(k, (len(order),), generator=g).tolist()
-        return self._batches(self.train, self.train_labels, order, views)
+        order = epoch_order(self.n_train, self.train_labels.tolist(), self.balance, epoch_seed, g)
+        k = _views(self.train)
+        views = torch.randint(k, (len(order),), generator=g)  # drawn before sharding: per item
+        views = rank_share(views)  # the same draw as one process makes, split like the order
+        return self._batches(self.train, self.train_labels, rank_share(order), views)
 
     def val_batches(self):
-        n = len(self.val_labels)
-        return self._batches(self.val, self.val_labels, torch.arange(n), [0] * n)
+        order = dist.shard(torch.arange(len(self.val_labels)))  # no padding: counts stay exact
+        return self._batches(self.val, self.val_labels, order, torch.zeros(len(order), dtype=torch.long))
 
 
-def _derive(mid: torch.nn.Module, arrays, batch: int = 64) -> np.ndarray:
+def _views(arrays) -> int:
+    shape = arrays.shape[1:] if isinstance(arrays, np.ndarray) else arrays.entry_shape
+    return shape[0] if len(arrays) else 1
+
+
+def _derive(mid: torch.nn.Module, entries, batch: int = 256) -> np.ndarray:
     """Run the frozen middle (blocks after the cache depth, pooling, classifier[:-2]) over
-    cached entries, giving head-stage features without a second pass over the images."""
+    cached entries in large slices, giving head-stage features [n, views, d] without a
+    second pass over the images."""
     mid.eval()
-    out = []
+    n, rows = len(entries), _views(entries)
+    per = max(1, batch // rows)
+    out: np.ndarray | None = None
     with torch.inference_mode():
-        for i in range(len(arrays)):
-            a = torch.from_numpy(np.asarray(arrays[i], dtype=np.float32))
-            out.append(torch.cat([mid(a[j:j + batch]) for j in range(0, len(a), batch)]).numpy())
-    return np.stack(out) if out else np.zeros((0, 1, 1), np.float32)
+        for s in range(0, n, per):
+            block = entries.block(s, min(s + per, n))
+            a = torch.from_numpy(np.asarray(block, dtype=np.float32))
+            z = mid(a.reshape((-1,) + a.shape[2:])).numpy()
+            if out is None:
+                out = np.empty((n, rows, z.shape[-1]), np.float32)
+            out[s:s + len(block)] = z.reshape(len(block), rows, -1)
+    return out if out is not None else np.zeros((0, 1, 1), np.float32)
+
+
+def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> None:
+    """Every missing entry computed once: each rank fills its share, then all wait for the
+    whole cache (the cache folder must be shared by every node)."""
+    from mobiletune.frozen.engine import frozen_engine
+
+    todo = store.missing(jobs)
+    dist.barrier()  # nobody writes before every rank has listed what is missing
+    mine = list(dist.shard(todo))
+    if todo:
+        callbacks.on_message(f"caching frozen features: {len(todo)} images x {views} views"
+                             + (f" ({dist.world_size()} ranks)" if dist.active() else ""))
+
+    def fill() -> None:
+        if mine:
+            engine = frozen_engine(prefix, device, root, pre["crop"])
+            store.fill(mine, engine, on_progress=lambda d, t: callbacks.on_progress("cache", d, t))
+
+    dist.agree(fill)  # doubles as the barrier: every share is written
+
+    def check() -> None:
+        left = len(store.missing(jobs))
+        if left:
+            from mobiletune.errors import DataError
+
+            raise DataError(f"{left} cache entries written by other ranks are not visible in "
+                            f"{store.dir}; every node must share the cache folder (set "
+                            "MOBILETUNE_CACHE to a shared path).")
+
+    dist.agree(check)
 
 
 def _cached_feed(cfg, data, pre: dict, model, unfreeze: int, device, callbacks) -> CachedData:
     from mobiletune.frozen.cache import FeatureCache, cache_root, jobs_for
-    from mobiletune.frozen.engine import frozen_engine, module_digest
+    from mobiletune.frozen.engine import module_digest
     from mobiletune.model import HeadPrefix, Tail, boundary
 
     # The head stage of a run that will finetune caches at the finetune boundary, so the
@@ -134,20 +206,17 @@ def _cached_feed(cfg, data, pre: dict, model, unfreeze: int, device, callbacks) 
                          cfg.data.augment, views)
     train, val = data.of("train"), data.of("val")
     jobs = jobs_for(train, val)
-    todo = store.missing(jobs)
-    if todo:
-        engine = frozen_engine(prefix, device, root, pre["crop"])
-        callbacks.on_message(f"caching frozen features: {len(todo)} images x {views} views "
-                             f"({engine.name})")
-        store.fill(todo, engine, on_progress=lambda d, t: callbacks.on_progress("cache", d, t))
-    tr = EntryStack([store.path(p, kind) for p, kind in jobs[:len(train)]])
-    va = EntryStack([store.path(p, kind) for p, kind in jobs[len(train):]])
+    _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks)
+    tr, va = store.entries(jobs[:len(train)]), store.entries(jobs[len(train):])
     if depth and not unfreeze:
         mid = torch.nn.Sequential(Tail(model, k).blocks, torch.nn.AdaptiveAvgPool2d(1),
                                   torch.nn.Flatten(1), model.classifier[:-2])
         tr, va = _derive(mid, tr), _derive(mid, va)
+    else:
+        tr, va = (e.load() if e.nbytes <= RAM_BYTES else e for e in (tr, va))
     return CachedData(tr, [s.label for s in train], va, [s.label for s in val],
-                      batch_size=cfg.data.batch_size, balance=cfg.data.balance)
+                      batch_size=cfg.data.batch_size, balance=cfg.data.balance,
+                      pin=device.type == "cuda")
 
 
 def make_feed(cfg, data, pre: dict, model, unfreeze: int, device, callbacks):

@@ -1,0 +1,161 @@
+"""Packed cache entries: many entries per file, so an epoch costs bytes read, not files opened.
+
+An entry is a float16 array [rows, *feature] (rows = K views for a training image, 1 for an
+eval view) under a string key. Entries of one shape are appended to a pack: `<name>.npy`
+holds them as one contiguous [n, rows, *feature] array (read memory-mapped, in slices) and
+`<name>.json` lists their keys. A pack is written whole or not at all (the .npy first, then
+its index, each renamed into place), so a killed fill leaves no half entry, and concurrent
+writers (ranks of one run, or two runs) never touch the same file: each writes its own packs.
+An entry present in two packs (two runs filled it at once) is the same numbers; either serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mobiletune.fileio import atomic_write, write_text
+
+# A fill flushes a pack every this many bytes: what an interrupt can lose, and what a
+# filling process holds in memory beyond its batch.
+PACK_BYTES = 64 << 20
+
+
+class PackStore:
+    """The packs of one cache folder: which keys exist, adding entries, reading them back."""
+
+    def __init__(self, folder: Path, pack_bytes: int = PACK_BYTES) -> None:
+        self.dir = Path(folder) / "packs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.pack_bytes = pack_bytes
+        self._buffer: list[tuple[str, np.ndarray]] = []
+        self._buffered = 0
+        self._known: dict[str, list[str]] = {}  # pack name -> keys (packs never change)
+        self._mmaps: dict[str, np.ndarray] = {}
+
+    # -- what exists --------------------------------------------------------------------
+    def index(self) -> dict[str, tuple[str, int]]:
+        """key -> (pack name, row) over every complete pack in the folder."""
+        for meta in self.dir.glob("*.json"):
+            name = meta.stem
+            if name not in self._known:
+                try:
+                    self._known[name] = json.loads(meta.read_text(encoding="utf-8"))["keys"]
+                except (OSError, ValueError, KeyError):
+                    continue  # unreadable index: its entries are recomputed, never trusted
+        out: dict[str, tuple[str, int]] = {}
+        for name in sorted(self._known):
+            for row, key in enumerate(self._known[name]):
+                out.setdefault(key, (name, row))
+        return out
+
+    def has(self, keys: list[str]) -> list[bool]:
+        idx = self.index()
+        return [k in idx for k in keys]
+
+    # -- adding entries -----------------------------------------------------------------
+    def put(self, key: str, array: np.ndarray) -> None:
+        """Add one entry; it becomes visible when its pack is flushed (automatically every
+        PACK_BYTES, and by `flush`)."""
+        array = np.ascontiguousarray(array, dtype=np.float16)
+        if self._buffer and self._buffer[0][1].shape != array.shape:
+            self.flush()  # a pack holds one shape
+        self._buffer.append((key, array))
+        self._buffered += array.nbytes
+        if self._buffered >= self.pack_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered entries as one new pack, whole or not at all."""
+        if not self._buffer:
+            return
+        keys = [k for k, _ in self._buffer]
+        data = np.stack([a for _, a in self._buffer])
+        self._buffer, self._buffered = [], 0
+        name = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
+        atomic_write(self.dir / f"{name}.npy", lambda f: np.save(f, data))
+        # the index last: a pack without one is invisible (and its .npy an orphan)
+        write_text(self.dir / f"{name}.json", json.dumps({"keys": keys,
+                                                          "shape": list(data.shape)}))
+
+    # -- reading ------------------------------------------------------------------------
+    def array(self, name: str) -> np.ndarray:
+        """Pack `name` as a read-only memory-mapped [n, rows, *feature] array."""
+        if name not in self._mmaps:
+            self._mmaps[name] = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+        return self._mmaps[name]
+
+    def entries(self, keys: list[str]) -> "Entries":
+        """The entries of `keys`, in that order; KeyError names the first missing one."""
+        idx = self.index()
+        missing = [k for k in keys if k not in idx]
+        if missing:
+            raise KeyError(missing[0])
+        locs = [idx[k] for k in keys]
+        names = sorted({n for n, _ in locs})
+        packs = {n: i for i, n in enumerate(names)}
+        where = np.array([[packs[n], r] for n, r in locs], dtype=np.int64).reshape(-1, 2)
+        return Entries([self.array(n) for n in names], where)
+
+
+class Entries:
+    """A list of cache entries spread over packs: `take(items, rows)` gathers one row of
+    each asked item into a contiguous array, reading each pack in sorted slices. `load()`
+    copies everything into RAM once (then `take` is a plain in-memory gather)."""
+
+    def __init__(self, packs: list[np.ndarray], where: np.ndarray) -> None:
+        self.packs, self.where = packs, where
+        self.ram: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    @property
+    def entry_shape(self) -> tuple[int, ...]:
+        """[rows, *feature] of each entry."""
+        if self.ram is not None:
+            return tuple(self.ram.shape[1:])
+        return tuple(self.packs[0].shape[1:]) if self.packs else (1, 1)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * int(np.prod(self.entry_shape)) * 2
+
+    def take(self, items: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """[len(items), *feature] float16: row `rows[i]` (0 if None) of entry `items[i]`."""
+        items = np.asarray(items, dtype=np.int64)
+        rows = np.zeros(len(items), np.int64) if rows is None else np.asarray(rows, np.int64)
+        if self.ram is not None:
+            return self.ram[items, rows]
+        out = np.empty((len(items),) + self.entry_shape[1:], np.float16)
+        pack, prow = self.where[items, 0], self.where[items, 1]
+        for p in np.unique(pack):
+            sel = np.nonzero(pack == p)[0]
+            order = np.argsort(prow[sel], kind="stable")  # ascending offsets: sequential reads
+            sel = sel[order]
+            out[sel] = self.packs[p][prow[sel], rows[sel]]
+        return out
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Entries start..stop-1 whole: [n, rows, *feature]."""
+        if self.ram is not None:
+            return self.ram[start:stop]
+        n = stop - start
+        rows = self.entry_shape[0]
+        items = np.repeat(np.arange(start, stop), rows)
+        flat = self.take(items, np.tile(np.arange(rows), n))
+        return flat.reshape((n, rows) + flat.shape[1:])
+
+    def load(self, chunk: int = 4096) -> "Entries":
+        """Copy every entry into one contiguous in-RAM array, reading in large slices."""
+        if self.ram is None:
+            ram = np.empty((len(self),) + self.entry_shape, np.float16)
+            for s in range(0, len(self), chunk):
+                ram[s:s + chunk] = self.block(s, min(s + chunk, len(self)))
+            self.ram = ram
+        return self
