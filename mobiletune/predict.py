@@ -1,4 +1,13 @@
-"""Predict classes of image files with a checkpoint that carries its own labels and preprocessing."""
+"""The Python API, and what `mobiletune predict` runs: one predictor for every format.
+
+    import mobiletune
+    model = mobiletune.load("runs/cats")          # run dir, .pt, TorchScript .pt, .onnx, .tflite
+    for r in model.predict(["a.jpg", "b.jpg"]):   # paths or PIL images
+        print(r.label, r.score, r.probs)          # probs: class name -> probability
+
+Every format decodes and crops the same way (`runtime.crop_uint8`), so a file predicts the
+same label whichever export runs it.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +16,40 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
-from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiletune.data import IMAGE_EXTENSIONS, load_image
-from mobiletune.transforms import eval_transform
+from mobiletune.deploy.backends import Backend, open_backend
+from mobiletune.deploy.runtime import crop_uint8
 from mobiletune.errors import DataError
 
 
 @dataclass
 class Prediction:
-    """One image's result: top-k labels with probabilities, or the error that stopped it."""
+    """One image's result: `label`, `score`, `probs` (class -> probability), `top_k`; or the
+    `error` that stopped it (then `label` is None). `path` is None for a PIL image."""
 
-    path: str
+    path: str | None
+    probs: dict[str, float] = field(default_factory=dict)
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        return self.top_k[0][0] if self.top_k else None
+
+    @property
+    def score(self) -> float | None:
+        return self.top_k[0][1] if self.top_k else None
 
     def to_json(self) -> dict:
         """The contract's JSON line."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        return {"path": self.path, "label": self.top_k[0][0], "confidence": self.top_k[0][1],
-                "top_k": [{"label": lab, "prob": p} for lab, p in self.top_k]}
+        return {"path": self.path, "label": self.label, "confidence": round(self.score, 6),
+                "top_k": [{"label": lab, "prob": round(p, 6)} for lab, p in self.top_k]}
 
 
 def expand_inputs(items: Iterable[str]) -> list[str]:
@@ -50,101 +68,85 @@ def expand_inputs(items: Iterable[str]) -> list[str]:
     return out
 
 
+def _error(e: Exception) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, IsADirectoryError):
+        return "is a folder, not an image"
+    return f"unreadable image: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"
+
+
 class Predictor:
-    """A model plus its preprocessing and class names, ready for images."""
+    """A loaded model with its class names and preprocessing, ready for images."""
 
-    # Exporting to ONNX Runtime costs a few seconds once, then runs 3-5x faster on CPU:
-    # worth it from this many images on, or whenever the export is already cached.
-    ORT_FROM = 64
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.class_names: list[str] = list(backend.class_names)
+        self.preprocess: dict = dict(backend.preprocess)
+        self.kind: str = backend.kind  # pytorch | torchscript | onnx | tflite
+        self.info: dict[str, Any] = dict(backend.info)
 
-    def __init__(self, model: torch.nn.Module | None, class_names: list[str], pre: dict,
-                 engine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        self.model, self.class_names, self.pre = model, list(class_names), pre
-        self.transform = eval_transform(pre)
-        self.engine = engine  # None: chosen on first use (see _engine)
-
-    def _engine(self, n: int):
-        """The fast path `train` uses for frozen compute: ONNX Runtime on CPU, cached."""
-        if self.engine is None:
-            from mobiletune.frozen.cache import cache_root
-            from mobiletune.frozen.engine import TorchEngine, frozen_engine, onnx_cache_path
-
-            cpu = torch.device("cpu")
-            root, size = cache_root(), self.pre["crop"]
-            if n >= self.ORT_FROM or onnx_cache_path(self.model, root, size).is_file():
-                self.engine = frozen_engine(self.model, cpu, root, size)
-            else:
-                self.engine = TorchEngine(self.model, cpu)
-        return self.engine
-
-    @classmethod
-    def from_checkpoint(cls, arg: str | os.PathLike | None) -> "Predictor":
-        """From a run directory, a `.pt` checkpoint, or an exported `.onnx` file."""
-        if arg is not None and str(arg).lower().endswith(".onnx"):
-            return cls.from_onnx(arg)
-        ckpt = load_checkpoint(arg)
-        return cls(model_from_checkpoint(ckpt), ckpt["class_names"], ckpt["preprocess"])
-
-    @classmethod
-    def from_onnx(cls, path: str | os.PathLike) -> "Predictor":
-        """An exported model run by ONNX Runtime alone; labels and preprocessing come from
-        the file's metadata."""
-        from mobiletune.deploy.runtime import OnnxPredictor
-
-        onnx = OnnxPredictor.from_file(path)
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(onnx.session.run(None, {onnx.input_name: x.numpy()})[0])
-
-        return cls(None, onnx.class_names, onnx.preprocess, engine=run)
-
-    def _decode(self, path: str) -> torch.Tensor | str:
+    def _crop(self, item) -> np.ndarray | str:
+        """The uint8 crop of a path or PIL image, or why it failed."""
         try:
-            return self.transform(load_image(path, self.pre["resize"]))
-        except FileNotFoundError:
-            return "file not found"
+            image = item if not isinstance(item, (str, os.PathLike)) else \
+                load_image(item, self.preprocess["resize"])
+            return crop_uint8(image, self.preprocess)
         except Exception as e:  # unreadable or not an image: reported on its own line
-            return f"unreadable image: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"
+            return _error(e)
 
-    def predict_probs(self, paths: list[str], batch_size: int = 32,
-                      on_batch: Callable[[int], None] | None = None):
-        """Probabilities [len(paths), C] (NaN rows where a file failed) and (path, error) pairs."""
-        probs = np.full((len(paths), len(self.class_names)), np.nan, dtype=np.float32)
-        errors: list[tuple[str, str]] = []
+    def predict_probs(self, images: Sequence, batch_size: int = 32,
+                      on_batch: Callable[[int], None] | None = None
+                      ) -> tuple[np.ndarray, list[tuple[Any, str]]]:
+        """Probabilities [len(images), C] (NaN rows where an input failed) and (input, error)
+        pairs, for paths or PIL images."""
+        probs = np.full((len(images), len(self.class_names)), np.nan, dtype=np.float32)
+        errors: list[tuple[Any, str]] = []
+        self.backend.prepare(len(images))
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for start in range(0, len(paths), batch_size):
-                chunk = paths[start:start + batch_size]
-                decoded = list(pool.map(self._decode, chunk))
-                ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-                errors += [(chunk[i], d) for i, d in enumerate(decoded) if isinstance(d, str)]
+            for start in range(0, len(images), batch_size):
+                chunk = list(images[start:start + batch_size])
+                crops = list(pool.map(self._crop, chunk))
+                ok = [i for i, c in enumerate(crops) if not isinstance(c, str)]
+                errors += [(chunk[i], c) for i, c in enumerate(crops) if isinstance(c, str)]
                 if ok:
-                    logits = self._engine(len(paths))(torch.stack([decoded[i] for i in ok]))
-                    probs[[start + i for i in ok]] = torch.softmax(logits.float(), 1).numpy()
+                    probs[[start + i for i in ok]] = self.backend.run(np.stack([crops[i] for i in ok]))
                 if on_batch:
                     on_batch(len(chunk))
         return probs, errors
 
-    def predict(self, paths: list[str], top_k: int = 5, batch_size: int = 32,
+    def predict(self, images, top_k: int = 5, batch_size: int = 32,
                 on_batch: Callable[[int], None] | None = None) -> list[Prediction]:
-        """Top-k predictions in input order; unreadable files get an error instead."""
-        probs, errors = self.predict_probs(paths, batch_size, on_batch)
-        err = dict(errors)
+        """One Prediction per input, in order, for paths or PIL images (one or a list);
+        an input that cannot be read gets `error` instead of a label."""
+        if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
+            images = [images]
+        probs, errors = self.predict_probs(images, batch_size, on_batch)
+        failed = iter(why for _, why in errors)  # in input order, one per NaN row
         k = max(1, min(top_k, len(self.class_names)))
         out = []
-        for path, row in zip(paths, probs):
-            if path in err:
-                out.append(Prediction(path, error=err[path]))
+        for item, row in zip(images, probs):
+            path = str(item) if isinstance(item, (str, os.PathLike)) else None
+            if np.isnan(row).any():
+                out.append(Prediction(path, error=next(failed)))
                 continue
-            order = np.argsort(-row)[:k]
-            out.append(Prediction(path, [(self.class_names[j], round(float(row[j]), 6))
-                                         for j in order]))
+            order = np.argsort(-row, kind="stable")[:k]
+            out.append(Prediction(path, {c: float(p) for c, p in zip(self.class_names, row)},
+                                  [(self.class_names[j], float(row[j])) for j in order]))
         return out
 
 
+def load(path: str | os.PathLike | None = None) -> Predictor:
+    """A predictor for a run directory, a `.pt` checkpoint, or an exported TorchScript,
+    `.onnx` or `.tflite` file (None: `runs/latest`). TorchScript and ONNX files are programs:
+    load them only from sources you trust."""
+    return Predictor(open_backend(path))
+
+
 def require_some(preds: list[Prediction]) -> None:
-    """Exit 2 (DataError) when no input could be read at all."""
-    if preds and all(p.error for p in preds):
-        raise DataError(f"None of the {len(preds)} input(s) could be read as an image "
-                        f"(first: {preds[0].path}: {preds[0].error}).")
+    """DataError (exit 2) when no input was given or none could be read at all."""
     if not preds:
         raise DataError("No input images given; pass files, folders or globs.")
+    if all(p.error for p in preds):
+        raise DataError(f"None of the {len(preds)} input(s) could be read as an image "
+                        f"(first: {preds[0].path}: {preds[0].error}).")

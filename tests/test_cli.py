@@ -78,7 +78,8 @@ def test_predict_json_lines(trained):
     bad.write_text("nope")
     res = runner.invoke(app, ["predict", *files, str(bad), "--json", "--top-k", "2",
                               "--checkpoint", str(tmp / "runs" / "t")])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2, res.output  # the others are predicted, then exit 2
+    assert "1 of 4 input(s) could not be read" in res.stderr
     lines = [json.loads(x) for x in res.stdout.strip().splitlines()]
     assert [x["path"] for x in lines] == files + [str(bad)]
     for x in lines[:3]:

@@ -1,4 +1,4 @@
-"""export: ONNX / TorchScript round trips with metadata, parity, int8, and OnnxPredictor."""
+"""export: ONNX / TorchScript round trips with metadata, parity, int8, and the ONNX backend."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from mobiletune.deploy.export import (calibration_batches, check_samples, export
                                load_torchscript, metadata, write_onnx)
 from mobiletune.frozen.engine import onnx_bytes
 from mobiletune.model import build_model, preprocess_spec
-from mobiletune.deploy.runtime import OnnxPredictor, preprocess_image, quantize_int8
+from mobiletune.deploy.backends import onnx_backend, open_backend
+from mobiletune.deploy.runtime import normalize, preprocess_image, quantize_int8
 from mobiletune.fileio import write_csv
 from tests.conftest import make_folder
 
@@ -71,12 +72,12 @@ def test_onnx_round_trip_keeps_metadata_and_top1(exported):
     pre = ckpt["preprocess"]
     assert json.loads(props["mean"]) == pre["mean"] and json.loads(props["std"]) == pre["std"]
     assert (int(props["resize"]), int(props["crop"])) == (pre["resize"], pre["crop"]) == (73, 64)
-    pred = OnnxPredictor.from_file(report.path)
+    pred = onnx_backend(report.path)
     assert pred.class_names == list(CLASSES) and pred.preprocess == pre
-    x = np.random.default_rng(0).normal(size=(5, 3, 64, 64)).astype(np.float32)
-    ref = _probs(model_from_checkpoint(ckpt), x)
-    for batch in (x[:1], x):  # the batch axis is dynamic
-        got = pred.predict_tensor(batch)
+    crops = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    ref = _probs(model_from_checkpoint(ckpt), normalize(crops, pre))
+    for batch in (crops[:1], crops):  # the batch axis is dynamic
+        got = pred.run(batch)
         assert got.shape == (len(batch), 3)
         np.testing.assert_array_equal(got.argmax(1), ref[:len(batch)].argmax(1))
         np.testing.assert_allclose(got, ref[:len(batch)], atol=1e-5)
@@ -102,10 +103,9 @@ def test_int8_model_is_quantized_runs_and_is_reported(exported):
     assert report.size_bytes["int8"] < 0.5 * report.size_bytes["onnx"]
     assert 0.0 <= report.accuracy["int8"] <= 1.0
     assert report.int8_drop == pytest.approx(report.accuracy["onnx"] - report.accuracy["int8"])
-    pred = OnnxPredictor.from_file(report.int8_path)  # metadata survives quantization
+    pred = onnx_backend(report.int8_path)  # metadata survives quantization
     assert pred.class_names == list(CLASSES)
-    x = np.random.default_rng(1).normal(size=(2, 3, 64, 64)).astype(np.float32)
-    probs = pred.predict_tensor(x)
+    probs = pred.run(np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 
@@ -200,16 +200,16 @@ def test_numpy_preprocessing_matches_the_eval_transform(size):
                                atol=1e-5)
 
 
-def test_onnx_predictor_rejects_files_it_cannot_use(tmp_path):
+def test_onnx_backend_rejects_files_it_cannot_use(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
-        OnnxPredictor.from_file(tmp_path / "none.onnx")
+        open_backend(tmp_path / "none.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(CheckpointError, match="could not be opened"):
-        OnnxPredictor.from_file(tmp_path / "junk.onnx")
+        onnx_backend(tmp_path / "junk.onnx")
     plain = tmp_path / "plain.onnx"
     plain.write_bytes(onnx_bytes(build_model("mobilenet_v3_small", "none", 2), 32))
     with pytest.raises(CheckpointError, match="class_names"):
-        OnnxPredictor.from_file(plain)
+        onnx_backend(plain)
 
 
 def test_cli_export_prints_parity_and_maps_errors_to_exit_2(tmp_path, monkeypatch):

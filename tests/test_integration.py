@@ -8,7 +8,7 @@ import pytest
 
 from mobiletune import train as pipeline
 from mobiletune.config import load_config
-from mobiletune.predict import Predictor
+from mobiletune.predict import load
 from tests.conftest import HYMENOPTERA, WEIGHTS, needs_shared
 
 
@@ -26,6 +26,6 @@ def test_hymenoptera_two_head_epochs(tmp_path):
     assert best >= 0.90, rows
     val = [r for r in csv.DictReader(open(run / "splits.csv")) if r["split"] == "val"]
     assert len(val) == 153
-    preds = Predictor.from_checkpoint(run).predict([r["path"] for r in val], top_k=1)
+    preds = load(run).predict([r["path"] for r in val], top_k=1)
     correct = sum(p.top_k[0][0] == r["label"] for p, r in zip(preds, val))
     assert correct / len(val) >= 0.90

@@ -52,48 +52,16 @@ def _split_images(run_dir: Path, class_names: list[str]) -> tuple[list[str], lis
         f"{path} (val)"
 
 
-def _onnx_probs(model: Any, paths: list[str], batch_size: int,
-                on_batch: Callable[[int], None]) -> tuple[Any, list[tuple[str, str]]]:
-    """predict_probs for an exported ONNX model: NaN rows and (path, error) for bad files."""
-    import numpy as np
-
-    from mobiletune.data import load_image
-
-    probs = np.full((len(paths), len(model.class_names)), np.nan, dtype=np.float32)
-    errors: list[tuple[str, str]] = []
-    for start in range(0, len(paths), batch_size):
-        images, rows = [], []
-        for i, p in enumerate(paths[start:start + batch_size], start):
-            try:
-                images.append(load_image(p, model.preprocess["resize"]))
-                rows.append(i)
-            except Exception as e:  # unreadable or missing: reported, not fatal
-                errors.append((p, f"unreadable image: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"))
-        if images:
-            probs[rows] = model.predict_images(images)
-        on_batch(len(paths[start:start + batch_size]))
-    return probs, errors
-
-
 def _open_model(checkpoint: Optional[str]) -> tuple[Callable, list[str], Path, dict[str, Any]]:
-    """(probs function, class names, run directory, report info) for a .pt or .onnx file."""
-    if checkpoint and checkpoint.lower().endswith(".onnx"):
-        from mobiletune.deploy.runtime import OnnxPredictor
+    """(probs function, class names, run directory, report info) for any model `predict`
+    takes: a run, a .pt checkpoint, or an export (its run is the folder above export/)."""
+    from mobiletune.predict import load
 
-        model = OnnxPredictor.from_file(checkpoint)
-        p = Path(checkpoint).absolute()
-        run = p.parent.parent if p.parent.name == "export" else p.parent
-        return (lambda paths, bs, cb: _onnx_probs(model, paths, bs, cb), list(model.class_names),
-                run, {"model": str(p), "engine": "ONNX Runtime"})
-    from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
-    from mobiletune.predict import Predictor
-
-    ckpt = load_checkpoint(checkpoint)
-    predictor = Predictor(model_from_checkpoint(ckpt), ckpt["class_names"], ckpt["preprocess"])
-    info = {"checkpoint": ckpt["path"], "arch": ckpt["arch"], "stage": ckpt["stage"],
-            "epoch": ckpt["epoch"]}
-    return (lambda paths, bs, cb: predictor.predict_probs(paths, bs, cb),
-            list(ckpt["class_names"]), Path(ckpt["path"]).absolute().parent, info)
+    predictor = load(checkpoint)
+    info = predictor.info
+    model = Path(info.get("checkpoint") or info["model"]).absolute()
+    run = model.parent.parent if model.parent.name == "export" else model.parent
+    return predictor.predict_probs, list(predictor.class_names), run, info
 
 
 def _print_summary(m: dict[str, Any], files: dict[str, Path]) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 from mobiletune.data import Sample, load_image, scan
 from mobiletune.transforms import eval_transform
 from mobiletune.errors import ConfigError, DataError, MobiletuneError
+from mobiletune.deploy.backends import load_torchscript
 from mobiletune.deploy.runtime import make_session, quantize_int8, softmax
 from mobiletune.frozen.engine import onnx_bytes
 from mobiletune.fileio import atomic_write
@@ -60,17 +61,6 @@ def write_torchscript(model: nn.Module, path: str | Path, meta: dict[str, str],
         buf = io.BytesIO()
         torch.jit.save(traced, buf, _extra_files=dict(meta))
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
-def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, str]]:
-    """A saved TorchScript model and its metadata strings."""
-    from mobiletune.deploy.runtime import META_KEYS
-
-    extra = {k: "" for k in META_KEYS}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return module.eval(), {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
 
 
 def _run_samples(run_dir: Path, class_names: list[str]) -> list[Sample]:

@@ -1,8 +1,8 @@
 """Run an exported model with ONNX Runtime alone: no torch, no checkpoint.
 
 An exported `.onnx` file carries what prediction needs in its `metadata_props`:
-`class_names` (JSON list, index i is logit i), `resize`, `crop`, `mean`, `std`. The graph
-maps a float32 NCHW batch (already normalized) to logits; probabilities are a softmax here.
+`class_names` (JSON list, index i is logit i), `resize`, `crop`, `mean`, `std`. A float graph
+maps a normalized float32 NCHW batch to logits; `deploy.backends` opens it for prediction.
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def parse_metadata(props: dict[str, str], source: str) -> tuple[list[str], dict]
     return [str(n) for n in names], spec
 
 
-def preprocess_image(image, spec: dict) -> np.ndarray:
-    """CHW float32 for one PIL image, as torchvision's Resize(resize) + CenterCrop(crop) +
-    ToTensor + Normalize(mean, std) compute it, so deployment needs no torch."""
+def crop_uint8(image, spec: dict) -> np.ndarray:
+    """HWC uint8 center crop of one PIL image, as torchvision's Resize(resize) +
+    CenterCrop(crop) compute it: what every exported model and every backend starts from."""
     from PIL import Image
 
     w, h = image.size
@@ -79,47 +79,20 @@ def preprocess_image(image, spec: dict) -> np.ndarray:
     top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
     if top < 0 or left < 0:
         raise ValueError(f"resize {spec['resize']} is smaller than crop {c}")
-    arr = np.asarray(image.crop((left, top, left + c, top + c)), dtype=np.float32) / 255.0
+    return np.asarray(image.crop((left, top, left + c, top + c)), dtype=np.uint8)
+
+
+def normalize(crops: np.ndarray, spec: dict) -> np.ndarray:
+    """NCHW float32 for a uint8 NHWC batch: ToTensor + Normalize(mean, std)."""
     mean = np.asarray(spec["mean"], dtype=np.float32)
     std = np.asarray(spec["std"], dtype=np.float32)
-    return ((arr - mean) / std).transpose(2, 0, 1).copy()
+    x = (crops.astype(np.float32) / 255.0 - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-class OnnxPredictor:
-    """Class names, preprocessing and an ONNX Runtime session for one exported model."""
-
-    def __init__(self, session, class_names: list[str], preprocess: dict, path: str) -> None:
-        self.session, self.class_names, self.preprocess, self.path = (
-            session, class_names, preprocess, path)
-        self.input_name = session.get_inputs()[0].name
-
-    @classmethod
-    def from_file(cls, path: str | Path, threads: int | None = None) -> "OnnxPredictor":
-        """Open an exported `.onnx` file; CheckpointError when it is missing or not ours."""
-        p = Path(path)
-        if not p.is_file():
-            raise CheckpointError(f"ONNX file {p} not found. Create it with `mobiletune export "
-                                  "--format onnx`, or pass an existing file.")
-        try:
-            session = make_session(p, threads)
-        except Exception as e:  # ORT raises its own types for corrupt or truncated files
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise CheckpointError(f"{p} could not be opened by ONNX Runtime ({first}); "
-                                  "export the run again.") from None
-        props = dict(session.get_modelmeta().custom_metadata_map)
-        names, spec = parse_metadata(props, str(p))
-        return cls(session, names, spec, str(p))
-
-    def predict_tensor(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes) for a preprocessed NCHW float32 batch."""
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        (logits,) = self.session.run(None, {self.input_name: x})
-        return softmax(logits)
-
-    def predict_images(self, images: list) -> np.ndarray:
-        """Class probabilities for PIL images, preprocessed as the metadata says."""
-        return self.predict_tensor(np.stack([preprocess_image(i, self.preprocess)
-                                             for i in images]))
+def preprocess_image(image, spec: dict) -> np.ndarray:
+    """CHW float32 for one PIL image, equal to the eval transform, with no torch."""
+    return normalize(crop_uint8(image, spec)[None], spec)[0]
 
 
 class _Reader:

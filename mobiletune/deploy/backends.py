@@ -1,0 +1,179 @@
+"""Open any model mobiletune writes, as one thing: class names, preprocessing, and a function
+from a uint8 NHWC batch of center crops to class probabilities.
+
+Every format shares the same decoding and crop (`runtime.crop_uint8`); float models normalize
+the crop here, exports made with a uint8 input (TFLite, `onnx --uint8-input`) do it inside.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mobiletune.errors import CheckpointError
+from mobiletune.deploy.runtime import META_KEYS, make_session, normalize, parse_metadata, softmax
+
+Run = Callable[[np.ndarray], np.ndarray]  # uint8 NHWC crops -> probabilities (N, classes)
+
+
+@dataclass
+class Backend:
+    """A loaded model: what `Predictor` needs, whatever the file format."""
+
+    run: Run
+    class_names: list[str]
+    preprocess: dict  # resize, crop, mean, std
+    kind: str  # pytorch | torchscript | onnx | tflite
+    info: dict[str, Any] = field(default_factory=dict)
+    # told how many images are coming before the first batch (the PyTorch backend picks
+    # its engine by it)
+    prepare: Callable[[int], None] = lambda _n: None
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """True when `path` is a TorchScript archive: a zip whose records hold compiled `code/`
+    and `constants.pkl`. torch.save checkpoints have neither, so the layout decides, never a
+    failed safe load."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n.split("/", 1)[-1] for n in z.namelist()]
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return "constants.pkl" in names and any(n.startswith("code/") for n in names)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def float_runner(logits_fn: Callable[[np.ndarray], np.ndarray], pre: dict) -> Run:
+    """A Run for a model taking normalized float32 NCHW and giving logits."""
+    return lambda crops: softmax(logits_fn(normalize(crops, pre)))
+
+
+def torch_backend(model, class_names: list[str], pre: dict, info: dict) -> Backend:
+    """A PyTorch module; large batches of work go to ONNX Runtime (see `_engine_for`)."""
+    import torch
+
+    engine: list = []
+
+    def prepare(n: int) -> None:
+        if not engine:
+            engine.append(_engine_for(model, pre["crop"], n))
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        prepare(len(x))
+        with torch.inference_mode():
+            return engine[0](torch.from_numpy(x)).float().numpy()
+
+    return Backend(float_runner(logits, pre), list(class_names), pre, "pytorch", info, prepare)
+
+
+# Exporting to ONNX Runtime costs a few seconds once, then runs 3x faster on CPU: worth it
+# from this many images on, or whenever the export is already cached.
+ORT_FROM = 64
+
+
+def _engine_for(model, size: int, n: int):
+    """The fast path `train` uses for frozen compute: ONNX Runtime on CPU, cached."""
+    import torch
+
+    from mobiletune.frozen.cache import cache_root
+    from mobiletune.frozen.engine import TorchEngine, frozen_engine, onnx_cache_path
+
+    cpu, root = torch.device("cpu"), cache_root()
+    if n >= ORT_FROM or onnx_cache_path(model, root, size).is_file():
+        return frozen_engine(model, cpu, root, size)
+    return TorchEngine(model, cpu)
+
+
+def load_torchscript(path: str | os.PathLike):
+    """A saved TorchScript module (eval mode) and its metadata strings. A TorchScript file
+    is a program: call this only on files recognised by `is_torchscript`, from sources you
+    trust."""
+    import torch
+
+    extra = {k: "" for k in META_KEYS}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
+    except Exception as e:
+        raise CheckpointError(f"TorchScript file {path} could not be loaded ({_first_line(e)}); "
+                              "export the run again.") from None
+    return module, {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items() if v}
+
+
+def torchscript_backend(path: Path) -> Backend:
+    """mobiletune's TorchScript export."""
+    import torch
+
+    module, props = load_torchscript(path)
+    names, pre = parse_metadata(props, str(path))
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).float().numpy()
+
+    return Backend(float_runner(logits, pre), names, pre, "torchscript", {"model": str(path)})
+
+
+def onnx_backend(path: Path, threads: int | None = None) -> Backend:
+    """An exported ONNX file, run by ONNX Runtime alone; labels and preprocessing come from
+    its metadata. Float exports take normalized NCHW and give logits; `--uint8-input`
+    exports take the crops as they are and give probabilities."""
+    try:
+        session = make_session(path, threads)
+    except Exception as e:  # ORT raises its own types for corrupt or truncated files
+        raise CheckpointError(f"{path} could not be opened by ONNX Runtime ({_first_line(e)}); "
+                              "export the run again.") from None
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    names, pre = parse_metadata(props, str(path))
+    inp = session.get_inputs()[0]
+    if inp.type == "tensor(uint8)":
+        def run(crops: np.ndarray) -> np.ndarray:
+            return session.run(None, {inp.name: np.ascontiguousarray(crops)})[0]
+    else:
+        run = float_runner(lambda x: session.run(None, {inp.name: x})[0], pre)
+    return Backend(run, names, pre, "onnx", {"model": str(path), "engine": "ONNX Runtime"})
+
+
+def tflite_backend(path: Path, threads: int | None = None) -> Backend:
+    """An exported .tflite file run by ai-edge-litert; class names and preprocessing come
+    from the `<stem>.json` written beside it."""
+    from mobiletune.deploy.tflite import open_interpreter, read_sidecar
+
+    names, pre = read_sidecar(path)
+    run = open_interpreter(path, threads)
+    return Backend(run, names, pre, "tflite", {"model": str(path), "engine": "LiteRT"})
+
+
+def open_backend(arg: str | os.PathLike | None) -> Backend:
+    """Any model mobiletune writes: a run directory (its best.pt), a `.pt` checkpoint, a
+    TorchScript export, an `.onnx` or a `.tflite` export. None means `runs/latest`."""
+    p = Path(arg) if arg is not None else None
+    if p is not None and not p.exists():
+        raise CheckpointError(f"Model {p} not found. Pass a run directory, a .pt checkpoint, "
+                              "or an exported .onnx, .tflite or TorchScript file.")
+    if p is not None and p.is_file():
+        suffix = p.suffix.lower()
+        if suffix == ".onnx":
+            return onnx_backend(p)
+        if suffix == ".tflite":
+            return tflite_backend(p)
+        if is_torchscript(p):
+            return torchscript_backend(p)
+    from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(p)
+    info = {"checkpoint": ckpt["path"], "arch": ckpt["arch"], "stage": ckpt["stage"],
+            "epoch": ckpt["epoch"]}
+    return torch_backend(model_from_checkpoint(ckpt), ckpt["class_names"], ckpt["preprocess"],
+                         info)
+

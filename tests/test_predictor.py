@@ -1,0 +1,123 @@
+"""mobiletune.load(...).predict(...): one predictor for runs, checkpoints and exports, equal
+to `mobiletune predict --json`; TorchScript recognised by its layout only; failed inputs."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import mobiletune
+from mobiletune.checkpoint import load_checkpoint
+from mobiletune.cli import app
+from mobiletune.deploy.backends import is_torchscript
+from mobiletune.deploy.export import export_checkpoint
+from mobiletune.errors import CheckpointError
+from tests.helpers_runs import make_live_run
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A run whose model's probabilities vary across images, its ONNX and TorchScript exports,
+    and its images."""
+    root = tmp_path_factory.mktemp("pred")
+    run = make_live_run(root)
+    ckpt = load_checkpoint(run)
+    onnx = export_checkpoint(ckpt, "onnx", root / "m.onnx", latency_budget_s=0.0).path
+    script = export_checkpoint(ckpt, "torchscript", root / "m.pt", latency_budget_s=0.0).path
+    files = sorted(str(p) for p in (root / "data").rglob("*.jpg"))
+    return run, onnx, script, files
+
+
+def _cli_json(files: list[str], checkpoint: Path) -> tuple[int, list[dict]]:
+    res = runner.invoke(app, ["predict", *files, "--json", "--top-k", "2",
+                              "--checkpoint", str(checkpoint)])
+    return res.exit_code, [json.loads(x) for x in res.stdout.strip().splitlines()]
+
+
+def test_outputs_vary_so_the_comparisons_below_can_fail(live):
+    run, _, _, files = live
+    scores = [r.score for r in mobiletune.load(run).predict(files)]
+    assert np.ptp(scores) > 0.05
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["run", "onnx", "torchscript"])
+def test_load_predict_equals_predict_json(live, which):
+    files = live[3]
+    model = live[which]
+    code, lines = _cli_json(files, model)
+    assert code == 0
+    preds = mobiletune.load(model).predict(files, top_k=2)
+    assert [p.to_json() for p in preds] == lines
+    p = preds[0]
+    assert p.label == lines[0]["label"] and p.score == pytest.approx(lines[0]["confidence"], abs=1e-6)
+    assert set(p.probs) == set(mobiletune.load(model).class_names) == {"ants", "bees"}
+    assert sum(p.probs.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_every_format_predicts_like_best_pt(live):
+    run, onnx, script, files = live
+    ref = np.array([[r.probs[c] for c in ("ants", "bees")] for r in mobiletune.load(run).predict(files)])
+    for model in (onnx, script):
+        got = np.array([[r.probs[c] for c in ("ants", "bees")]
+                        for r in mobiletune.load(model).predict(files)])
+        assert (got.argmax(1) == ref.argmax(1)).all()
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_pil_images_predict_like_their_files(live):
+    run, _, _, files = live
+    model = mobiletune.load(run)
+    images = [Image.open(f) for f in files[:3]]
+    by_image = model.predict(images)
+    by_path = model.predict(files[:3])
+    assert [p.path for p in by_image] == [None] * 3
+    for a, b in zip(by_image, by_path):
+        assert a.probs == pytest.approx(b.probs, abs=1e-6)
+    assert model.predict(files[0])[0].label == by_path[0].label  # one path, not a list
+
+
+def test_torchscript_export_is_a_checkpoint_for_predict(live):
+    run, _, script, files = live
+    assert is_torchscript(script) and not is_torchscript(run / "best.pt")
+    code, lines = _cli_json(files, script)
+    _, ref = _cli_json(files, run)
+    assert code == 0 and [x["label"] for x in lines] == [x["label"] for x in ref]
+
+
+class _Payload:
+    def __reduce__(self):  # would run code if unpickled without weights_only
+        return (print, ("pwned",))
+
+
+def test_a_pt_that_fails_the_safe_load_is_never_run_as_torchscript(tmp_path, capsys):
+    bad = tmp_path / "evil.pt"
+    torch.save({"x": _Payload()}, bad)
+    assert not is_torchscript(bad)
+    with pytest.raises(CheckpointError, match="could not be loaded safely"):
+        mobiletune.load(bad)
+    assert "pwned" not in capsys.readouterr().out
+    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]))
+    assert not is_torchscript(tmp_path / "junk.pt")
+
+
+def test_unreadable_inputs_get_errors_the_rest_predicted_exit_2(live, tmp_path):
+    run, _, _, files = live
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    inputs = [files[0], str(bad), str(tmp_path / "missing.jpg"), files[1]]
+    preds = mobiletune.load(run).predict(inputs)
+    assert [p.error is None for p in preds] == [True, False, False, True]
+    assert preds[2].error == "file not found" and preds[1].label is None
+    res = runner.invoke(app, ["predict", *inputs, "--checkpoint", str(run)])
+    assert res.exit_code == 2
+    assert "error: 2 of 4 input(s) could not be read" in res.stderr
+    assert "bees" in res.stdout or "ants" in res.stdout  # the others are in the table
