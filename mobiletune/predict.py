@@ -68,7 +68,8 @@ def expand_inputs(items: Iterable[str]) -> list[str]:
     return out
 
 
-def _error(e: Exception) -> str:
+def input_error(e: Exception) -> str:
+    """Why an input could not be read, in a few words (a JSON line's "error")."""
     if isinstance(e, FileNotFoundError):
         return "file not found"
     if isinstance(e, IsADirectoryError):
@@ -93,7 +94,7 @@ class Predictor:
                 load_image(item, self.preprocess["resize"])
             return crop_uint8(image, self.preprocess)
         except Exception as e:  # unreadable or not an image: reported on its own line
-            return _error(e)
+            return input_error(e)
 
     def predict_probs(self, images: Sequence, batch_size: int = 32,
                       on_batch: Callable[[int], None] | None = None

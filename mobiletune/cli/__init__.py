@@ -8,3 +8,4 @@ from mobiletune.cli import evaluate_cmd  # noqa: F401,E402
 from mobiletune.cli import checkdata_cmd  # noqa: F401,E402
 from mobiletune.cli import profile_cmd  # noqa: F401,E402
 from mobiletune.cli import export_cmd  # noqa: F401,E402
+from mobiletune.cli import explain_cmd  # noqa: F401,E402

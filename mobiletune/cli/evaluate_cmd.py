@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -52,8 +52,8 @@ def _split_images(run_dir: Path, class_names: list[str]) -> tuple[list[str], lis
         f"{path} (val)"
 
 
-def _open_model(checkpoint: Optional[str]) -> tuple[Callable, list[str], Path, dict[str, Any]]:
-    """(probs function, class names, run directory, report info) for any model `predict`
+def _open_model(checkpoint: Optional[str]) -> tuple[Any, list[str], Path, dict[str, Any]]:
+    """(predictor, class names, run directory, report info) for any model `predict`
     takes: a run, a .pt checkpoint, or an export (its run is the folder above export/)."""
     from mobiletune.predict import load
 
@@ -61,7 +61,7 @@ def _open_model(checkpoint: Optional[str]) -> tuple[Callable, list[str], Path, d
     info = predictor.info
     model = Path(info.get("checkpoint") or info["model"]).absolute()
     run = model.parent.parent if model.parent.name == "export" else model.parent
-    return predictor.predict_probs, list(predictor.class_names), run, info
+    return predictor, list(predictor.class_names), run, info
 
 
 def _print_summary(m: dict[str, Any], files: dict[str, Path]) -> None:
@@ -101,15 +101,16 @@ def evaluate(
     from mobiletune.errors import DataError
     from mobiletune.evaluation.metrics import classification_metrics
     from mobiletune.evaluation.report import write_evaluation
+    from mobiletune.explain import overlay_fn
 
-    probs_fn, names, run_dir, info = _open_model(checkpoint)
+    predictor, names, run_dir, info = _open_model(checkpoint)
     paths, labels, source = (_folder_images(Path(data), names) if data
                              else _split_images(run_dir, names))
     if not paths:
         raise DataError(f"{source} holds no images to evaluate on.")
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("evaluating", total=len(paths))
-        probs, errors = probs_fn(paths, batch_size, lambda n: bar.advance(task, n))
+        probs, errors = predictor.predict_probs(paths, batch_size, lambda n: bar.advance(task, n))
     ok = [i for i in range(len(paths)) if not np.isnan(probs[i]).any()]
     if not ok:
         raise DataError(f"None of the {len(paths)} image(s) from {source} could be read "
@@ -126,5 +127,6 @@ def evaluate(
     info = {**info, "data": source, "unreadable": len(errors) or None}
     target = Path(out_dir) if out_dir else run_dir / "eval"
     files = write_evaluation(target, metrics, paths, labels, probs, names, info,
-                             metrics_csv=run_dir / "metrics.csv", gallery=gallery)
+                             metrics_csv=run_dir / "metrics.csv", gallery=gallery,
+                             explain=overlay_fn(predictor))
     _print_summary(metrics, files)

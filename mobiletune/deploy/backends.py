@@ -34,6 +34,7 @@ class Backend:
     # told how many images are coming before the first batch (the PyTorch backend picks
     # its engine by it)
     prepare: Callable[[int], None] = lambda _n: None
+    module: Any = None  # the PyTorch model, for a checkpoint (explain needs its gradients)
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:
@@ -72,7 +73,8 @@ def torch_backend(model, class_names: list[str], pre: dict, info: dict) -> Backe
         with torch.inference_mode():
             return engine[0](torch.from_numpy(x)).float().numpy()
 
-    return Backend(float_runner(logits, pre), list(class_names), pre, "pytorch", info, prepare)
+    return Backend(float_runner(logits, pre), list(class_names), pre, "pytorch", info, prepare,
+                   model)
 
 
 # Exporting to ONNX Runtime costs a few seconds once, then runs 3x faster on CPU: worth it

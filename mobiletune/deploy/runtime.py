@@ -65,21 +65,31 @@ def parse_metadata(props: dict[str, str], source: str) -> tuple[list[str], dict]
     return [str(n) for n in names], spec
 
 
-def crop_uint8(image, spec: dict) -> np.ndarray:
-    """HWC uint8 center crop of one PIL image, as torchvision's Resize(resize) +
-    CenterCrop(crop) compute it: what every exported model and every backend starts from."""
+def resize_short(image, resize: int):
+    """RGB PIL image with its short side `resize`, as torchvision's Resize(int) makes it."""
     from PIL import Image
 
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
-    new_long = int(spec["resize"] * long / short)  # torchvision truncates, not rounds
-    size = (spec["resize"], new_long) if w <= h else (new_long, spec["resize"])
-    image = image.convert("RGB").resize(size, Image.BILINEAR)
-    c, (w, h) = spec["crop"], image.size
-    top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
+    new_long = int(resize * long / short)  # torchvision truncates, not rounds
+    size = (resize, new_long) if w <= h else (new_long, resize)
+    return image.convert("RGB").resize(size, Image.BILINEAR)
+
+
+def center_box(size: tuple[int, int], crop: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of torchvision's CenterCrop(crop) in an image of `size`."""
+    w, h = size
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
     if top < 0 or left < 0:
-        raise ValueError(f"resize {spec['resize']} is smaller than crop {c}")
-    return np.asarray(image.crop((left, top, left + c, top + c)), dtype=np.uint8)
+        raise ValueError(f"image {w}x{h} is smaller than crop {crop}")
+    return left, top, left + crop, top + crop
+
+
+def crop_uint8(image, spec: dict) -> np.ndarray:
+    """HWC uint8 center crop of one PIL image, as torchvision's Resize(resize) +
+    CenterCrop(crop) compute it: what every exported model and every backend starts from."""
+    image = resize_short(image, spec["resize"])
+    return np.asarray(image.crop(center_box(image.size, spec["crop"])), dtype=np.uint8)
 
 
 def normalize(crops: np.ndarray, spec: dict) -> np.ndarray:

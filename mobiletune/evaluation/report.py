@@ -160,6 +160,12 @@ def thumbnail_uri(path: str | os.PathLike, size: int = 180) -> str | None:
         img = load_image(path, min_side=size)
     except Exception:  # a file that vanished or broke since prediction: show no picture
         return None
+    return image_uri(img, size)
+
+
+def image_uri(img, size: int = 180) -> str:
+    """A PIL image, shrunk to fit `size`, as a JPEG data URI."""
+    img = img.copy()
     img.thumbnail((size, size))
 
     def encode(attempt: int) -> bytes:
@@ -173,9 +179,11 @@ def thumbnail_uri(path: str | os.PathLike, size: int = 180) -> str | None:
 def write_evaluation(out_dir: str | os.PathLike, metrics: dict[str, Any], paths: Sequence[str],
                      y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str],
                      info: dict[str, Any], metrics_csv: str | os.PathLike | None = None,
-                     gallery: int = 24) -> dict[str, Path]:
+                     gallery: int = 24, explain: Callable[[str], Any] | None = None
+                     ) -> dict[str, Path]:
     """Write metrics.json, confusion_matrix.csv/.png, curves.png (when metrics.csv exists)
-    and report.html into `out_dir`; return their paths by name."""
+    and report.html into `out_dir`; return their paths by name. `explain(path)` gives a
+    Grad-CAM overlay (PIL image, or None) shown beside each most-confidently-wrong image."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cm = np.asarray(metrics["confusion_matrix"])
@@ -191,6 +199,8 @@ def write_evaluation(out_dir: str | os.PathLike, metrics: dict[str, Any], paths:
     mistakes = confident_mistakes(paths, y_true, probs, class_names, gallery)
     for m in mistakes:
         m["thumbnail"] = thumbnail_uri(m["path"])
+        cam = explain(m["path"]) if explain and m["thumbnail"] else None
+        m["overlay"] = image_uri(cam) if cam is not None else None
     info = {**info, "generated": datetime.now().strftime("%Y-%m-%d %H:%M")}
     page = render_report(metrics, info, png_uri(files["confusion_matrix.png"]),
                          png_uri(curves) if curves else None, mistakes)
@@ -209,9 +219,10 @@ h1{margin:0 0 4px}h2{margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bott
 table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #e5e5e5;text-align:left}
 td.n,th.n{text-align:right}tr.avg td{font-weight:600;background:#fafafa}
 img.plot{max-width:100%;border:1px solid #eee}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:12px}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:12px}
 .item{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px;overflow-wrap:anywhere}
 .item img{display:block;margin:0 auto 4px;max-width:180px;max-height:180px}
+.pair{display:flex;gap:4px}.pair img{max-width:49%;margin:0 0 4px}
 .bad{color:#b00020;font-weight:600}.path{color:#666;font-family:monospace;font-size:11px}
 """
 
@@ -256,8 +267,12 @@ def _gallery(mistakes: list[dict[str, Any]]) -> str:
         return "<p>No misclassified images.</p>"
     items = []
     for m in mistakes:
-        pic = (f'<img src="{m["thumbnail"]}" alt="{html.escape(Path(m["path"]).name)}">'
+        name = html.escape(Path(m["path"]).name)
+        pic = (f'<img src="{m["thumbnail"]}" alt="{name}">'
                if m.get("thumbnail") else "<p>(image unreadable)</p>")
+        if m.get("overlay"):  # where the model looked for the class it (wrongly) chose
+            pic = (f'<div class="pair">{pic}<img src="{m["overlay"]}" alt="Grad-CAM of '
+                   f'{name}" title="Grad-CAM for {html.escape(m["predicted"])}"></div>')
         items.append(
             f'<div class="item">{pic}<div>true: <b>{html.escape(m["true"])}</b></div>'
             f'<div>predicted: <span class="bad">{html.escape(m["predicted"])}</span> '
