@@ -10,8 +10,10 @@ import csv
 import os
 import random
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageOps
 
@@ -150,31 +152,68 @@ def _walk(folder: Path, scanned: list[str], seen: set[str],
     return sorted(out)
 
 
-def _scan_classes(folder: Path, scanned: list[str], seen: set[str],
-                  skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """class name -> usable absolute paths; unusable files go to `skipped`."""
-    found: dict[str, list[str]] = {}
+def _check(f: Path) -> str | None:
+    return probe(f) if f.is_file() else "not a regular file"
+
+
+# A scan is a list of steps in folder order: ("skip", (path, why)) or ("class", name, files).
+# Walking is cheap and sequential; probing (a decode per file) then runs in parallel, and
+# replaying the steps gives the same samples and skipped.csv, in the same order, as a loop.
+Step = tuple
+
+
+def _class_steps(folder: Path, scanned: list[str], seen: set[str]) -> list[Step]:
+    """The class folders under `folder` and their files, still unprobed."""
+    steps: list[Step] = []
     for p in sorted(folder.iterdir()):
+        local: list[tuple[str, str]] = []
         if not p.is_dir():
             why = "broken or looping symbolic link" if p.is_symlink() and not p.exists() \
                 else "not inside a class folder"
-            skipped.append((str(p.absolute()), why))
+            steps.append(("skip", (str(p.absolute()), why)))
             continue
         why = _dir_problem(p, os.path.realpath(folder), scanned, seen)
         if why or p.name.startswith("."):
             if why:
-                skipped.append((str(p.absolute()), why))
+                local.append((str(p.absolute()), why))
             else:  # .git, .ipynb_checkpoints: not a class, but its files are accounted for
-                _walk(p, scanned, seen, skipped, hidden=p.name)
+                _walk(p, scanned, seen, local, hidden=p.name)
+            steps += [("skip", s) for s in local]
+            continue
+        files = _walk(p, scanned, seen, local)
+        steps += [("skip", s) for s in local] + [("class", p.name, files)]
+    return steps
+
+
+def _probe_all(steps: list[Step], on_progress: Callable[[int, int], None] | None,
+               threads: int | None = None) -> dict[Path, str | None]:
+    """Probe every file of the steps in parallel (PIL decodes without the GIL)."""
+    files = [f for s in steps if s[0] == "class" for f in s[2]]
+    threads = threads or min(16, 2 * (os.cpu_count() or 1))
+    out: dict[Path, str | None] = {}
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for i, (f, why) in enumerate(zip(files, pool.map(_check, files, chunksize=16)), 1):
+            out[f] = why
+            if on_progress and (i % 256 == 0 or i == len(files)):
+                on_progress(i, len(files))
+    return out
+
+
+def _replay(steps: list[Step], probed: dict[Path, str | None],
+            skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """class name -> usable absolute paths; unusable files go to `skipped`."""
+    found: dict[str, list[str]] = {}
+    for step in steps:
+        if step[0] == "skip":
+            skipped.append(step[1])
             continue
         good = []
-        for f in _walk(p, scanned, seen, skipped):
-            why = probe(f) if f.is_file() else "not a regular file"
-            if why:
-                skipped.append((str(f.absolute()), why))
+        for f in step[2]:
+            if probed[f]:
+                skipped.append((str(f.absolute()), probed[f]))
             else:
                 good.append(str(f.absolute()))
-        found[p.name] = good
+        found[step[1]] = good
     return found
 
 
@@ -199,9 +238,11 @@ def _split(paths: list[str], fraction: float, rng: random.Random) -> tuple[list[
     return shuffled[n_val:], shuffled[:n_val]
 
 
-def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0) -> ScanResult:
+def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
+         on_progress: Callable[[int, int], None] | None = None) -> ScanResult:
     """Scan `root/train/<class>` + `root/val/<class>`, or `root/<class>` split by `val_split`
-    (stratified per class, reproducible for a seed)."""
+    (stratified per class, reproducible for a seed). Files are probed in parallel;
+    `on_progress(done, total)` follows the probing."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Data folder {root} not found. Set data.root (or --data) to a folder "
@@ -214,9 +255,12 @@ def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0) -> Scan
     seen: set[str] = set()
     if has_split:
         _account_outside(root, scanned, seen, skipped)
-    train = _scan_classes(folders[0], scanned, seen, skipped)
-    val = _scan_classes(folders[1], scanned, seen, skipped) if has_split and folders[1].is_dir() \
-        else {}
+    steps = _class_steps(folders[0], scanned, seen)
+    val_steps = _class_steps(folders[1], scanned, seen) if has_split and folders[1].is_dir() \
+        else []
+    probed = _probe_all(steps + val_steps, on_progress)
+    train = _replay(steps, probed, skipped)
+    val = _replay(val_steps, probed, skipped) if has_split and folders[1].is_dir() else {}
     for name in [c for c, paths in train.items() if not paths]:
         warn.append(f"class folder '{name}' holds no usable images and is ignored")
         del train[name]

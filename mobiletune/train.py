@@ -138,9 +138,10 @@ def _start(cfg: Config, data: ScanResult, model: nn.Module, pre: dict, stages: l
     return run
 
 
-def _scan(cfg: Config) -> ScanResult:
+def _scan(cfg: Config, callbacks: Callbacks | None = None) -> ScanResult:
     # rank 0 scans and every rank gets its result: one split, one read of the folder
-    return dist.on_main(lambda: scan(cfg.data.root, cfg.data.val_split, cfg.seed))
+    progress = (lambda d, t: callbacks.on_progress("scan", d, t)) if callbacks else None
+    return dist.on_main(lambda: scan(cfg.data.root, cfg.data.val_split, cfg.seed, progress))
 
 
 def _execute(run: Run, callbacks: Callbacks) -> Path:
@@ -188,7 +189,7 @@ def train(cfg: Config, callbacks: Callbacks | None = None) -> Path:
     """The head stage, then the finetune stage if the config has one. Returns the run dir."""
     callbacks = callbacks or Callbacks()
     device = dist.init(pick_device(cfg.device))
-    data = _scan(cfg)
+    data = _scan(cfg, callbacks)
     torch.manual_seed(cfg.seed)  # the new head's initialization
     model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), cfg.model.dropout)
     pre = preprocess_spec(cfg.model.arch, cfg.model.weights, cfg.data.image_size)

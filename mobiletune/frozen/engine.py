@@ -34,15 +34,16 @@ class TorchEngine:
 
     def __init__(self, module: nn.Module, device: torch.device) -> None:
         self.module, self.device = module.eval(), device
-        if device.type == "cpu":
-            self.module = self.module.to(memory_format=torch.channels_last)
+        self.module = self.module.to(device, memory_format=torch.channels_last)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            x = x.to(self.device, non_blocking=True)
             if self.device.type == "cuda":
+                # pinned host memory: the copy overlaps with the previous batch's compute
+                x = x.pin_memory().to(self.device, non_blocking=True)
+                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.float16):
-                    return self.module(x).float()
+                    return self.module(x).float().contiguous()
             return self.module(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 

@@ -140,11 +140,13 @@ def _views(arrays) -> int:
     return shape[0] if len(arrays) else 1
 
 
-def _derive(mid: torch.nn.Module, entries, batch: int = 256) -> np.ndarray:
+def _derive(mid: torch.nn.Module, entries, device: torch.device, batch: int = 256) -> np.ndarray:
     """Run the frozen middle (blocks after the cache depth, pooling, classifier[:-2]) over
     cached entries in large slices, giving head-stage features [n, views, d] without a
     second pass over the images."""
-    mid.eval()
+    from mobiletune.frozen.engine import TorchEngine
+
+    engine = TorchEngine(mid, device)
     n, rows = len(entries), _views(entries)
     per = max(1, batch // rows)
     out: np.ndarray | None = None
@@ -152,7 +154,7 @@ def _derive(mid: torch.nn.Module, entries, batch: int = 256) -> np.ndarray:
         for s in range(0, n, per):
             block = entries.block(s, min(s + per, n))
             a = torch.from_numpy(np.asarray(block, dtype=np.float32))
-            z = mid(a.reshape((-1,) + a.shape[2:])).numpy()
+            z = engine(a.reshape((-1,) + a.shape[2:])).cpu().numpy()
             if out is None:
                 out = np.empty((n, rows, z.shape[-1]), np.float32)
             out[s:s + len(block)] = z.reshape(len(block), rows, -1)
@@ -211,7 +213,7 @@ def _cached_feed(cfg, data, pre: dict, model, unfreeze: int, device, callbacks) 
     if depth and not unfreeze:
         mid = torch.nn.Sequential(Tail(model, k).blocks, torch.nn.AdaptiveAvgPool2d(1),
                                   torch.nn.Flatten(1), model.classifier[:-2])
-        tr, va = _derive(mid, tr), _derive(mid, va)
+        tr, va = _derive(mid, tr, device), _derive(mid, va, device)
     else:
         tr, va = (e.load() if e.nbytes <= RAM_BYTES else e for e in (tr, va))
     return CachedData(tr, [s.label for s in train], va, [s.label for s in val],

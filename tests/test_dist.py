@@ -1,0 +1,107 @@
+"""torchrun on CPU (gloo, 127.0.0.1): one run for all ranks, the cache filled once, resume.
+
+Every launch runs under a timeout, so a hung rendezvous fails the test instead of hanging CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import make_folder, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(cache: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MOBILETUNE_CACHE": str(cache),
+           "OMP_NUM_THREADS": "1", "MOBILETUNE_DIST_TIMEOUT_MIN": "2"}
+    env.pop("RANK", None)
+    return env
+
+
+def _launch(args: list[str], cache: Path, log: Path, **launcher) -> subprocess.Popen:
+    opts = launcher or {"nproc-per-node": 2, "master-addr": "127.0.0.1", "master-port": _port()}
+    cmd = TORCHRUN + [f"--{k}={v}" for k, v in opts.items()] + ["-m", "mobiletune"] + args
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(cache), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, seconds: float) -> int:
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("torchrun did not finish in time (hung rendezvous or collective?)")
+
+
+def _rows(run: Path) -> list[tuple[str, str]]:
+    lines = (run / "metrics.csv").read_text().splitlines()[1:] if (run / "metrics.csv").is_file() else []
+    return [tuple(line.split(",")[:2]) for line in lines]
+
+
+def test_two_ranks_train_one_run_fill_once_and_resume_after_sigterm(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=6, size=40)
+    cfg = tiny_config(tmp_path, data, train={"epochs": 60},
+                      finetune={"unfreeze": 2, "epochs": 2})
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    proc = _launch(["train", "-c", str(cfg), "-q"], cache, tmp_path / "first.log")
+    deadline = time.monotonic() + 150
+    while len(_rows(runs / "t")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # what torchrun gets from a scheduler or Ctrl-C
+    _finish(proc, 90)
+    first = _rows(runs / "t")
+    assert 2 <= len(first) < 62, (tmp_path / "first.log").read_text()[-3000:]
+    ckpt = torch.load(runs / "t" / "last.pt", weights_only=True)
+    assert "resume" in ckpt  # a resumable last.pt
+
+    # the sharded fill: both ranks computed entries, and every entry was computed once
+    packs = list(cache.glob("features/*/packs/*.json"))
+    keys = [k for p in packs for k in json.loads(p.read_text())["keys"]]
+    writers = {p.name.split("-")[1] for p in packs}
+    assert len(keys) == len(set(keys)) == 12 and len(writers) == 2
+
+    proc = _launch(["train", "--resume", str(runs / "t"), "-q"], cache, tmp_path / "resume.log")
+    assert _finish(proc, 240) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    rows = _rows(runs / "t")
+    want = [("head", str(e)) for e in range(1, 61)] + [("finetune", "1"), ("finetune", "2")]
+    assert rows == want  # every epoch once, in order: one writer
+    assert sorted(p.name for p in runs.iterdir()) == ["latest", "t"]  # one run directory
+    log = (runs / "t" / "train.log").read_text()
+    assert log.count("resumed") == 1 and log.count("head epoch 1:") == 1
+    assert len(list(cache.glob("features/*/packs/*.json"))) == len(packs)  # nothing recomputed
+
+
+def test_user_error_exits_2_on_every_rank_with_one_message(tmp_path):
+    """Two launchers (two 'nodes') meeting through c10d on 127.0.0.1, as in a cluster."""
+    cfg = tiny_config(tmp_path, tmp_path / "no-such-folder")
+    port = _port()
+    node = {"nnodes": 2, "nproc-per-node": 1, "rdzv-backend": "c10d",
+            "rdzv-endpoint": f"127.0.0.1:{port}", "rdzv-id": "t", "max-restarts": 0}
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    procs = [_launch(["train", "-c", str(cfg)], tmp_path / "cache", log, **node) for log in logs]
+    codes = [_finish(p, 120) for p in procs]
+    text = "".join(log.read_text() for log in logs)
+    assert all(c != 0 for c in codes), text
+    assert text.count("error:") == 1 and "no-such-folder" in text, text
+    assert text.count("exitcode  : 2") == 2 or text.count("exitcode: 2") == 2 \
+        or text.count("exitcode") == 0, text
+    assert not (tmp_path / "runs").exists()  # nothing made
