@@ -8,6 +8,7 @@ which is what makes an interrupted run resume onto exactly the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -212,3 +213,20 @@ def state_to_dict(state: StageState) -> dict[str, Any]:
 def state_from_dict(d: dict[str, Any]) -> StageState:
     return StageState(d["epochs_done"], tuple(d["best"]), d["stale"], d["optimizer"],
                       d["scheduler"], [EpochResult(**r) for r in d["history"]])
+
+
+@contextlib.contextmanager
+def stage_threads(spec: StageSpec, data: StageData, device):
+    """One intra-op thread for a cached head stage on CPU, the usual count otherwise.
+
+    A cached head step is a few tiny ops (32 x 1280): splitting them over threads costs
+    more than it saves, and on a busy machine a waiting OpenMP team made head epochs 25x
+    slower than one thread (benchmarks/bench_scale.py).
+    """
+    before = torch.get_num_threads()
+    if device.type == "cpu" and not data.live and spec.unfreeze == 0:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

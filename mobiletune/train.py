@@ -25,7 +25,7 @@ from mobiletune.model import build_model, preprocess_spec
 from mobiletune.fileio import write_csv, write_text
 from mobiletune.runs import new_run_dir, update_latest
 from mobiletune.stage import (METRICS_HEADER, Callbacks, StageSpec, StageState, fit_stage,
-                                 state_from_dict, state_to_dict)
+                              stage_threads, state_from_dict, state_to_dict)
 
 
 def pick_device(name: str) -> torch.device:
@@ -155,9 +155,10 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
             train_labels = [s.label for s in run.data.of("train")]
             weights = class_weights(train_labels, len(run.data.classes)) \
                 if run.cfg.data.balance == "weights" else None
-            state = fit_stage(run.model, spec, feed, seed=run.cfg.seed, device=device,
-                              state=run.state, save=run.save, callbacks=callbacks,
-                              class_weights=weights)
+            with stage_threads(spec, feed, device):
+                state = fit_stage(run.model, spec, feed, seed=run.cfg.seed, device=device,
+                                  state=run.state, save=run.save, callbacks=callbacks,
+                                  class_weights=weights)
             run.stage_index += 1
             # the next stage starts from the run's best score, so best.pt stays the best
             run.state = StageState(best=state.best)
