@@ -28,7 +28,7 @@ import torch
 
 from mobiletune.data import Sample, load_image
 from mobiletune.fileio import write_text
-from mobiletune.frozen.store import Entries, PackStore
+from mobiletune.frozen.store import Entries, PackStore, release_free_memory
 from mobiletune.transforms import augmented_view, decode_side, eval_transform
 
 CACHE_VERSION = 2  # 2: packed entries, content keys
@@ -177,6 +177,7 @@ class FeatureCache:
                         self.put(job, out[start:start + len(views)])
                         start += len(views)
                     done += len(group)
+                    release_free_memory()  # peak RSS follows the batch, not the folder
                     if on_progress:
                         on_progress(done, len(todo))
         finally:

@@ -11,6 +11,9 @@ An entry present in two packs (two runs filled it at once) is the same numbers; 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import os
 import secrets
@@ -24,6 +27,23 @@ from mobiletune.fileio import atomic_write, write_text
 # A fill flushes a pack every this many bytes: what an interrupt can lose, and what a
 # filling process holds in memory beyond its batch.
 PACK_BYTES = 64 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        return None
+
+
+def release_free_memory() -> None:
+    """Give memory that decoder threads freed back to the OS. glibc keeps it in per-thread
+    arenas, fragmented: without this a fill's peak RSS grew ~250 KB per image (1k images at
+    224 px: 1.46 GB, flat at 1.24 GB with it), so it grew with the folder, not the batch."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class PackStore:
