@@ -6,6 +6,8 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh
 #
+# (DEVICE=cpu SIZES=200 SKIP_TESTS=1 rehearses the script on a machine without a GPU.)
+#
 # Steps: 1. environment (GPU, versions, which optional packages import);
 #        2. bench_scale.py on CUDA, 1k and 5k images (needs torch, torchvision, numpy, PIL);
 #        3. `mobiletune train` (head + finetune) on CUDA under torchrun, then predict
@@ -19,6 +21,8 @@ OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD MOBILETUNE_CACHE=$OUT/cache
 PY=${PYTHON:-python}
+DEVICE=${DEVICE:-cuda}
+SIZES=${SIZES:-1000 5000}
 say() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 has() { $PY -c "import $1" 2>/dev/null; }
 
@@ -38,22 +42,22 @@ EOF
 CLI_OK=1
 for m in typer rich yaml; do has $m || { CLI_OK=0; say "missing $m: the CLI steps are skipped"; }; done
 
-say "bench_scale on cuda, 1k and 5k $(date -u +%T)"
-timeout 170 $PY benchmarks/bench_scale.py --device cuda --sizes 1000 5000 --epochs 3 \
+say "bench_scale on $DEVICE, sizes $SIZES $(date -u +%T)"
+timeout 170 $PY benchmarks/bench_scale.py --device $DEVICE --sizes $SIZES --epochs 3 \
     --skip-torchrun --work "$OUT/scale" > "$OUT/bench_scale.log" 2>&1
 say "bench_scale exit $? (table in bench_scale.log)"
 tail -n 12 "$OUT/bench_scale.log" >> "$OUT/summary.txt"
 
 if [ "$CLI_OK" = 1 ]; then
-    say "torchrun train (head 3 + finetune 2) on cuda $(date -u +%T)"
+    say "torchrun train (head 3 + finetune 2) on $DEVICE $(date -u +%T)"
     DATA=""
     for d in ../shared/datasets/hymenoptera shared/datasets/hymenoptera; do [ -d "$d" ] && DATA=$d && break; done
     WEIGHTS=none
     for w in ../shared/weights/mobilenet_v2_imagenet_offline.pth shared/weights/mobilenet_v2_imagenet_offline.pth; do [ -f "$w" ] && WEIGHTS=$w && break; done
-    [ -z "$DATA" ] && DATA=$OUT/scale/n1000 && say "no hymenoptera: using the synthetic 1k folder"
+    [ -z "$DATA" ] && DATA=$(ls -d "$OUT"/scale/n* | head -n 1) && say "no hymenoptera: using $DATA"
     timeout 120 $PY -m torch.distributed.run --nproc-per-node 1 --master-addr 127.0.0.1 \
         --master-port 29555 -m mobiletune train --data "$DATA" --arch mobilenet_v2 \
-        --weights "$WEIGHTS" --device cuda --epochs 3 --set finetune.unfreeze=3 \
+        --weights "$WEIGHTS" --device $DEVICE --epochs 3 --set finetune.unfreeze=3 \
         --set finetune.epochs=2 --out "$OUT/runs" --name gpu -q > "$OUT/train.log" 2>&1
     say "train exit $?"
     tail -n 4 "$OUT/train.log" >> "$OUT/summary.txt"
@@ -65,7 +69,9 @@ if [ "$CLI_OK" = 1 ]; then
     cat "$OUT/predict.log" >> "$OUT/summary.txt"
 fi
 
-if has pytest && [ "$CLI_OK" = 1 ] && has onnxruntime; then
+if [ -n "${SKIP_TESTS:-}" ]; then
+    say "test suite skipped (SKIP_TESTS)"
+elif has pytest && [ "$CLI_OK" = 1 ] && has onnxruntime; then
     say "test suite $(date -u +%T)"
     timeout 150 $PY -m pytest -q -x -p no:cacheprovider > "$OUT/pytest.log" 2>&1
     say "pytest exit $? (124 = ran out of its 150 s)"

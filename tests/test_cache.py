@@ -202,3 +202,30 @@ def test_a_killed_fill_leaves_no_visible_half_pack(tmp_path):
     (store.dir / "packs" / "orphan.npy").write_bytes(b"half")  # a pack killed before its index
     again = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
     assert again.missing([(p, "eval") for p in paths]) == [(p, "eval") for p in paths[2:]]
+
+
+def test_streaming_from_packs_trains_like_ram(tmp_path, monkeypatch):
+    """Entries too big for the RAM budget are read from the memory-mapped packs batch by
+    batch (data larger than RAM); the run is the in-RAM run. (That reads return the bytes
+    written, with features that vary, is test_packed_entries_read_back_what_was_written.)"""
+    from mobiletune.frozen import feeds
+
+    data = make_folder(tmp_path / "data", per_class=5)
+    cfg = load_config(tiny_config(tmp_path, data, finetune={"unfreeze": 2, "epochs": 2}))
+    seen = []
+    real = feeds.CachedData.__init__
+
+    def spy(self, train, *a, **k):
+        seen.append(type(train).__name__ + ("-ram" if getattr(train, "ram", None) is not None
+                                            else ""))
+        real(self, train, *a, **k)
+
+    monkeypatch.setattr(feeds.CachedData, "__init__", spy)
+    metrics = []
+    for budget in (feeds.RAM_BYTES, 0):
+        monkeypatch.setattr(feeds, "RAM_BYTES", budget)
+        run = pipeline.train(cfg, Recorder())
+        metrics.append((run / "metrics.csv").read_text().splitlines())
+    assert seen == ["ndarray", "Entries-ram", "ndarray", "Entries"]  # head derived; ft: ram, mmap
+    strip = [[",".join(r.split(",")[:-1]) for r in m] for m in metrics]  # all but seconds
+    assert strip[0] == strip[1] and len(strip[0]) == 4
