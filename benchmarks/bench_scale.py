@@ -6,7 +6,8 @@
 Folders are cut from ../shared hymenoptera photos (random crops, resizes and flips, saved as
 small JPEGs, 20 classes, 20% val) into --work, and reused by later runs. For each size, one
 fresh process (so its peak RSS is its own) does what a run with a finetune stage does before
-its first head epoch, from an empty cache: scan, cache the finetune-boundary activations
+its first head epoch, from an empty cache: scan (and, as the baseline, a scan probing on one
+thread; both after a warm-up scan, so both read from the page cache), cache the finetune-boundary activations
 (MobileNetV2, 3 blocks, 7x7x160 float16 per view, `augment: none`), derive the head
 features, then trains the head for --epochs cached epochs. Columns: scan s; fill images/s;
 cached head epoch s (train + val) in the packed layout and, side by side, in the previous
@@ -140,6 +141,17 @@ def one(root: Path, image_size: int, epochs: int, device_name: str) -> dict:
 
     torch.set_flush_denormal(True)
     device = torch.device(device_name)
+    import functools
+
+    from mobiletune import data as data_mod
+
+    scan(root, 0.2, 0)  # a warm-up: both timed scans then read the files from the page cache
+    probe_all = data_mod._probe_all
+    data_mod._probe_all = functools.partial(probe_all, threads=1)  # the sequential baseline
+    t0 = time.perf_counter()
+    scan(root, 0.2, 0)
+    t_scan1 = time.perf_counter() - t0
+    data_mod._probe_all = probe_all
     t0 = time.perf_counter()
     data = scan(root, 0.2, 0)
     t_scan = time.perf_counter() - t0
@@ -167,7 +179,7 @@ def one(root: Path, image_size: int, epochs: int, device_name: str) -> dict:
         old_dir.mkdir()
         t_old = _old_layout_epoch(np.asarray(feed.train), feed.train_labels, old_dir, 32)
     n = len(data.samples)
-    return {"images": n, "scan_s": t_scan, "fill_ips": n / t_fill, "head_epoch_s": min(head),
+    return {"images": n, "scan_s": t_scan, "scan1_s": t_scan1, "fill_ips": n / t_fill, "head_epoch_s": min(head),
             "old_read_s": t_old, "boundary_read_s": t_bound, "boundary_prep_s": t_prep, "whole_s": whole,
             "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -229,11 +241,12 @@ def main() -> None:
         con.print(rows[-1])
     t = Table(title=f"scale, mobilenet_v2 {args.image_size}px, augment none, {args.device}, "
                     f"{os.cpu_count()} cores")
-    for col in ("images", "scan s", "fill img/s", "head epoch s", "per-file layout s", "ratio",
+    for col in ("images", "scan s", "1 thread", "fill img/s", "head epoch s", "per-file layout s", "ratio",
                 "boundary open s", "boundary epoch s", "whole s", "epoch/whole", "peak RSS GB"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(f"{r['images']:,}", f"{r['scan_s']:.1f}", f"{r['fill_ips']:.0f}",
+        t.add_row(f"{r['images']:,}", f"{r['scan_s']:.1f}", f"{r['scan1_s']:.1f}",
+                  f"{r['fill_ips']:.0f}",
                   f"{r['head_epoch_s']:.3f}", f"{r['old_read_s']:.2f}",
                   f"{r['old_read_s'] / r['head_epoch_s']:.1f}x", f"{r['boundary_prep_s']:.2f}",
                   f"{r['boundary_read_s']:.2f}",
