@@ -43,7 +43,7 @@ CLI_OK=1
 for m in typer rich yaml; do has $m || { CLI_OK=0; say "missing $m: the CLI steps are skipped"; }; done
 
 say "bench_scale on $DEVICE, sizes $SIZES $(date -u +%T)"
-timeout 170 $PY benchmarks/bench_scale.py --device $DEVICE --sizes $SIZES --epochs 3 \
+timeout 120 $PY benchmarks/bench_scale.py --device $DEVICE --sizes $SIZES --epochs 3 \
     --skip-torchrun --work "$OUT/scale" > "$OUT/bench_scale.log" 2>&1
 say "bench_scale exit $? (table in bench_scale.log)"
 tail -n 12 "$OUT/bench_scale.log" >> "$OUT/summary.txt"
@@ -55,7 +55,7 @@ if [ "$CLI_OK" = 1 ]; then
     WEIGHTS=none
     for w in ../shared/weights/mobilenet_v2_imagenet_offline.pth shared/weights/mobilenet_v2_imagenet_offline.pth; do [ -f "$w" ] && WEIGHTS=$w && break; done
     [ -z "$DATA" ] && DATA=$(ls -d "$OUT"/scale/n* | head -n 1) && say "no hymenoptera: using $DATA"
-    timeout 120 $PY -m torch.distributed.run --nproc-per-node 1 --master-addr 127.0.0.1 \
+    timeout 75 $PY -m torch.distributed.run --nproc-per-node 1 --master-addr 127.0.0.1 \
         --master-port 29555 -m mobiletune train --data "$DATA" --arch mobilenet_v2 \
         --weights "$WEIGHTS" --device $DEVICE --epochs 3 --set finetune.unfreeze=3 \
         --set finetune.epochs=2 --out "$OUT/runs" --name gpu -q > "$OUT/train.log" 2>&1
@@ -63,7 +63,7 @@ if [ "$CLI_OK" = 1 ]; then
     tail -n 4 "$OUT/train.log" >> "$OUT/summary.txt"
     cat "$OUT/runs/gpu/metrics.csv" >> "$OUT/summary.txt" 2>/dev/null
     IMG=$(find "$DATA" -name '*.jpg' | head -n 2)
-    timeout 60 $PY -m mobiletune predict $IMG --checkpoint "$OUT/runs/gpu" \
+    timeout 30 $PY -m mobiletune predict $IMG --checkpoint "$OUT/runs/gpu" \
         > "$OUT/predict.log" 2>&1
     say "predict exit $?"
     cat "$OUT/predict.log" >> "$OUT/summary.txt"
@@ -72,9 +72,10 @@ fi
 if [ -n "${SKIP_TESTS:-}" ]; then
     say "test suite skipped (SKIP_TESTS)"
 elif has pytest && [ "$CLI_OK" = 1 ] && has onnxruntime; then
-    say "test suite $(date -u +%T)"
-    timeout 150 $PY -m pytest -q -x -p no:cacheprovider > "$OUT/pytest.log" 2>&1
-    say "pytest exit $? (124 = ran out of its 150 s)"
+    LEFT=$(( 345 - SECONDS )); [ $LEFT -lt 60 ] && LEFT=60  # the whole script: under 6 min
+    say "test suite, ${LEFT}s left $(date -u +%T)"
+    timeout $LEFT $PY -m pytest -q -x -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+    say "pytest exit $? (124 = ran out of its ${LEFT}s; pytest.log shows how far it got)"
     tail -n 5 "$OUT/pytest.log" >> "$OUT/summary.txt"
 else
     say "test suite skipped: needs pytest, typer, rich, yaml and onnxruntime"
