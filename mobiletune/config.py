@@ -42,6 +42,8 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     meta, kind = f.metadata, f.metadata.get("kind") or f.type
     kind = {"int": int, "float": float, "bool": bool, "str": str}.get(kind, kind)
     where = f"'{key}' in {source}"
+    if meta.get("auto") and (value is None or value == "auto"):
+        return None
     if kind is float and isinstance(value, str):
         try:  # YAML 1.1 reads `1e-5` (no dot) as a string; users mean a number
             value = float(value)

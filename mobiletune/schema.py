@@ -17,9 +17,10 @@ NUM_BLOCKS = {"mobilenet_v2": 19, "mobilenet_v3_small": 13, "mobilenet_v3_large"
 
 def _key(default: Any, help: str, *, choices: tuple | None = None, lo: float | None = None,
          hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-         kind: type | None = None) -> Any:
+         kind: type | None = None, auto: bool = False) -> Any:
+    # auto: the key may be unset (None, or `auto` in YAML / --set): the run decides
     meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open,
-            "hi_open": hi_open, "kind": kind}
+            "hi_open": hi_open, "kind": kind, "auto": auto}
     return field(default=default, metadata=meta)
 
 
@@ -49,13 +50,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = _key(5, "head-stage epochs", lo=1, hi=10000)
+    # auto (None) by measurement (benchmarks/sweep_epochs.py, bench_accuracy.py): see
+    # stage.AUTO_HEAD for the stopping rule
+    epochs: int | None = _key(None, "head-stage epochs; auto = until val loss stops improving",
+                              lo=1, hi=10000, kind=int, auto=True)
     lr: float = _key(1.0e-3, "head-stage learning rate", lo=0.0, hi=10.0, lo_open=True)
     weight_decay: float = _key(1.0e-4, "AdamW weight decay", lo=0.0, hi=1.0)
     label_smoothing: float = _key(0.0, "cross-entropy label smoothing", lo=0.0, hi=1.0,
                                   hi_open=True)
-    patience: int = _key(0, "early stop after this many epochs without val gain; 0 = off",
-                         lo=0, hi=10000)
+    patience: int | None = _key(None, "stop after this many epochs without a val-loss gain; "
+                                "0 = off; auto = the auto rule's with auto epochs, else off",
+                                lo=0, hi=10000, kind=int, auto=True)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ class FinetuneConfig:
     # its upper bound depends on the arch: _check_cross names the right one
     unfreeze: int = _key(0, "last N blocks of model.features to train; 0 = no finetune stage",
                          lo=0)
-    epochs: int = _key(5, "finetune-stage epochs", lo=1, hi=10000)
+    epochs: int | None = _key(None, "finetune-stage epochs; auto = until val loss stops "
+                              "improving", lo=1, hi=10000, kind=int, auto=True)
     lr: float = _key(1.0e-5, "finetune-stage learning rate", lo=0.0, hi=10.0, lo_open=True)
     train_bn: bool = _key(False, "let BatchNorm running statistics move in unfrozen blocks")
 

@@ -20,12 +20,14 @@ from mobiletune.checkpoint import (FORMAT_VERSION, load_checkpoint, model_from_c
 from mobiletune.config import Config, config_from_dict, dump_yaml
 from mobiletune.data import ScanResult, read_splits, scan
 from mobiletune.errors import CheckpointError, TrainingInterrupted
+from mobiletune.finish import finish_run, fold_temperature
 from mobiletune.frozen.feeds import class_weights, make_feed
 from mobiletune.model import build_model, preprocess_spec
 from mobiletune.fileio import write_csv, write_text
 from mobiletune.runs import new_run_dir, update_latest
-from mobiletune.stage import (METRICS_HEADER, Callbacks, StageSpec, StageState, fit_stage,
-                              stage_threads, state_from_dict, state_to_dict)
+from mobiletune.stage import (AUTO_FINETUNE, AUTO_HEAD, AUTO_SCHEDULE, METRICS_HEADER,
+                              Callbacks, StageSpec, StageState, fit_stage, stage_threads,
+                              state_from_dict, state_to_dict)
 
 
 def pick_device(name: str) -> torch.device:
@@ -44,14 +46,25 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _length(epochs: int | None, patience: int | None, rule: dict) -> dict[str, Any]:
+    """Unset epochs: the auto rule (a cap, and patience unless set); set: exactly that many
+    epochs unless patience is set."""
+    if epochs is None:
+        return {"epochs": rule["cap"], "auto": True, "schedule": AUTO_SCHEDULE,
+                "patience": rule["patience"] if patience is None else patience}
+    return {"epochs": epochs, "patience": patience or 0}
+
+
 def plan(cfg: Config, head: bool = True) -> list[StageSpec]:
     """The stages a config asks for, in order."""
     t, f = cfg.train, cfg.finetune
-    stages = [StageSpec("head", 0, t.epochs, t.lr, t.weight_decay, t.label_smoothing,
-                        t.patience)] if head else []
+    stages = [StageSpec("head", 0, lr=t.lr, weight_decay=t.weight_decay,
+                        label_smoothing=t.label_smoothing,
+                        **_length(t.epochs, t.patience, AUTO_HEAD))] if head else []
     if f.unfreeze:
-        stages.append(StageSpec("finetune", f.unfreeze, f.epochs, f.lr, t.weight_decay,
-                                t.label_smoothing, t.patience, f.train_bn))
+        stages.append(StageSpec("finetune", f.unfreeze, lr=f.lr, weight_decay=t.weight_decay,
+                                label_smoothing=t.label_smoothing, train_bn=f.train_bn,
+                                **_length(f.epochs, t.patience, AUTO_FINETUNE)))
     return stages
 
 
@@ -138,7 +151,8 @@ def _start(cfg: Config, data: ScanResult, model: nn.Module, pre: dict, stages: l
     return run
 
 
-def _scan(cfg: Config, callbacks: Callbacks | None = None) -> ScanResult:
+def scan_config(cfg: Config, callbacks: Callbacks | None = None) -> ScanResult:
+    """The data of a config (scanned on rank 0, shared with every rank)."""
     # rank 0 scans and every rank gets its result: one split, one read of the folder
     progress = (lambda d, t: callbacks.on_progress("scan", d, t)) if callbacks else None
     return dist.on_main(lambda: scan(cfg.data.root, cfg.data.val_split, cfg.seed, progress))
@@ -159,6 +173,10 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
                 state = fit_stage(run.model, spec, feed, seed=run.cfg.seed, device=device,
                                   state=run.state, save=run.save, callbacks=callbacks,
                                   class_weights=weights)
+            if run.stage_index == len(run.stages) - 1:
+                finish_run(run, spec, feed, device, callbacks)
+            else:  # the next stage starts from this one's best, not its last epoch
+                run.model.load_state_dict(dist.on_main(lambda: _best_state(run)))
             run.stage_index += 1
             # the next stage starts from the run's best score, so best.pt stays the best
             run.state = StageState(best=state.best)
@@ -171,6 +189,10 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
         _draw_curves(run, callbacks)
     run.log("done")
     return run.dir
+
+
+def _best_state(run: Run) -> dict:
+    return torch.load(run.dir / "best.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def _draw_curves(run: Run, callbacks: Callbacks) -> None:
@@ -186,11 +208,13 @@ def _draw_curves(run: Run, callbacks: Callbacks) -> None:
         callbacks.on_message(f"warning: could not draw curves.png ({e})")
 
 
-def train(cfg: Config, callbacks: Callbacks | None = None) -> Path:
-    """The head stage, then the finetune stage if the config has one. Returns the run dir."""
+def train(cfg: Config, callbacks: Callbacks | None = None,
+          data: ScanResult | None = None) -> Path:
+    """The head stage, then the finetune stage if the config has one. Returns the run dir.
+    `data`: a split made elsewhere (k-fold), instead of scanning the config's root."""
     callbacks = callbacks or Callbacks()
     device = dist.init(pick_device(cfg.device))
-    data = _scan(cfg, callbacks)
+    data = data if data is not None else scan_config(cfg, callbacks)
     torch.manual_seed(cfg.seed)  # the new head's initialization
     model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), cfg.model.dropout)
     pre = preprocess_spec(cfg.model.arch, cfg.model.weights, cfg.data.image_size)
@@ -223,12 +247,13 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
     same_data = cfg.data.root == parent["config"].get("data", {}).get("root")
     splits = parent_dir / "splits.csv"
     data = read_splits(splits, parent["class_names"]) if same_data and splits.is_file() \
-        else _scan(cfg)
+        else scan_config(cfg)
     if list(data.classes) != list(parent["class_names"]):
         raise CheckpointError(f"{parent['path']} was trained on classes {parent['class_names']}, "
                               f"but {cfg.data.root} holds {data.classes}; finetune needs the same "
                               "classes (train a new run instead).")
-    model = model_from_checkpoint(parent)
+    # the child trains from the parent's raw logits; its own temperature is fitted at the end
+    model = fold_temperature(model_from_checkpoint(parent), 1.0 / parent.get("temperature", 1.0))
     device = dist.init(pick_device(cfg.device))
     run = _start(cfg, data, model, parent["preprocess"], plan(cfg, head=False), callbacks,
                  device)
@@ -243,7 +268,7 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
         raise CheckpointError(f"{ckpt['path']} holds no resume state.")
     cfg = config_from_dict(ckpt["config"], f"the config stored in {ckpt['path']}")
     splits = Path(ckpt["path"]).parent / "splits.csv"
-    data = read_splits(splits, ckpt["class_names"]) if splits.is_file() else _scan(cfg)
+    data = read_splits(splits, ckpt["class_names"]) if splits.is_file() else scan_config(cfg)
     if list(data.classes) != list(ckpt["class_names"]):  # else labels overrun the head
         raise CheckpointError(f"{ckpt['path']} was trained on classes {ckpt['class_names']}, but "
                               f"{cfg.data.root} now holds {data.classes}; restore the class "

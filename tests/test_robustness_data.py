@@ -156,5 +156,7 @@ def test_messy_folder_trains_and_every_file_is_accounted_for(tmp_path, monkeypat
         assert (path in used) if expected == "used" else expected in why.get(path, ""), case
     assert {r["label"] for r in splits} == {"big cat", "hünd"}
     rows = read_csv(run / "metrics.csv")
-    assert [(r["stage"], r["epoch"]) for r in rows] == [("head", "1"), ("finetune", "1")]
+    # a finetune stage starts with an epoch 0 row scoring the model it starts from
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("head", "1"), ("finetune", "0"),
+                                                        ("finetune", "1")]
     assert all(np.isfinite(float(r["val_loss"])) for r in rows)

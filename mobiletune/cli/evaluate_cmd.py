@@ -78,8 +78,10 @@ def _print_summary(m: dict[str, Any], files: dict[str, Path]) -> None:
                                                ("precision", "recall", "f1")), str(m["num_samples"]))
     out.print(table)
     tops = "  ".join(f"{k.replace('_', '-')} {v:.3f}" for k, v in m["top_k"].items())
-    out.print(f"accuracy [bold]{m['accuracy']:.4f}[/]  macro F1 [bold]{m['macro_f1']:.4f}[/]  "
-              f"{tops}  ECE {m['ece']:.4f}  images {m['num_samples']}", highlight=False)
+    lo, hi = m["accuracy_ci95"]
+    out.print(f"accuracy [bold]{m['accuracy']:.4f}[/] (95% CI {lo:.3f}-{hi:.3f})  macro F1 "
+              f"[bold]{m['macro_f1']:.4f}[/]  {tops}  ECE {m['ece']:.4f} (uncalibrated "
+              f"{m['ece_uncalibrated']:.4f})  images {m['num_samples']}", highlight=False)
     for p in m["most_confused"][:5]:
         out.print(f"  confused: {p['true']} -> {p['predicted']}: {p['count']}", highlight=False)
     out.print(f"wrote {', '.join(files)} to {next(iter(files.values())).parent}", highlight=False)
@@ -99,6 +101,7 @@ def evaluate(
     from rich.progress import Progress
 
     from mobiletune.errors import DataError
+    from mobiletune.evaluation.calibration import calibration_errors
     from mobiletune.evaluation.metrics import classification_metrics
     from mobiletune.evaluation.report import write_evaluation
     from mobiletune.explain import overlay_fn
@@ -122,6 +125,8 @@ def evaluate(
                   "left out of the metrics.[/]")
     paths, labels, probs = [paths[i] for i in ok], [labels[i] for i in ok], probs[ok]
     metrics = classification_metrics(probs, labels, names)
+    # on the run's own val split the temperature was fitted there: ece is cross-fitted
+    metrics.update(calibration_errors(probs, labels, info.get("temperature"), not data))
     metrics["source"] = source
     metrics["unreadable"] = [{"path": p, "error": e} for p, e in errors]
     info = {**info, "data": source, "unreadable": len(errors) or None}

@@ -13,7 +13,9 @@ from mobiletune.stage import Callbacks, EpochResult, StageSpec
 
 def stage_table(spec: StageSpec, rows: list) -> Table:
     """Block, trainable or frozen, parameters, learning rate, BatchNorm mode."""
-    title = f"stage: {spec.name} ({spec.epochs} epochs" + (
+    length = (f"auto: until val loss stops improving for {spec.patience} epochs, at most "
+              f"{spec.epochs}") if spec.auto else f"{spec.epochs} epochs"
+    title = f"stage: {spec.name} ({length}" + (
         f", last {spec.unfreeze} blocks unfrozen)" if spec.unfreeze else ", head only)")
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for col in ("block", "status", "params", "lr", "BatchNorm"):
@@ -82,6 +84,10 @@ class RichCallbacks(Callbacks):
             self.progress.stop()
             self.progress = None
         star = " [green]*best[/]" if improved else ""
+        if r.epoch == 0:  # a finetune stage scores the model it starts from first
+            err.print(f"{r.stage} 0 (start): val loss {r.val_loss:.4f} acc {r.val_acc:.3f}{star}",
+                      highlight=False)
+            return
         err.print(f"{r.stage} {r.epoch}: train loss {r.train_loss:.4f} acc {r.train_acc:.3f} | "
                   f"val loss {r.val_loss:.4f} acc {r.val_acc:.3f} | {r.seconds:.1f}s{star}",
                   highlight=False)

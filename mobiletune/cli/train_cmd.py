@@ -11,14 +11,44 @@ from mobiletune.cli import common as c
 from mobiletune.cli.app import app, err, guarded
 
 
+def summary(best: dict) -> str:
+    """The run's one number (scored live, as `evaluate` scores it), its interval, and for a
+    finetune stage whether fine-tuning beat what it started from."""
+    m = best["metrics"]
+    nan = float("nan")
+    text = (f"best: {best['stage']} epoch {best['epoch']}, val acc {m.get('val_acc', nan):.4f}")
+    if "accuracy_ci95" in m:
+        lo, hi = m["accuracy_ci95"]
+        text += f" (95% CI {lo:.3f}-{hi:.3f}, {m.get('n_val', '?')} images)"
+    text += f", val loss {m.get('val_loss', nan):.4f}"
+    if "ece" in m:
+        text += f", ECE {m['ece']:.3f} (uncalibrated {m['ece_uncalibrated']:.3f})"
+    parent = m.get("parent_val_acc")
+    if best["stage"] == "finetune" and best["epoch"] == 0:
+        text += "\nfine-tuning did not beat its starting model (val loss); best.pt keeps it"
+    elif best["stage"] == "finetune" and parent is not None:
+        delta = (m["val_acc"] - parent) * 100
+        text += (f"\nfine-tuning {'helped' if delta > 0 else 'lowered val loss'}: val acc "
+                 f"{parent:.4f} -> {m['val_acc']:.4f} ({delta:+.1f} points)")
+    return text
+
+
 def _finish(run_dir: Path) -> None:
     from mobiletune.checkpoint import load_checkpoint
 
     best = load_checkpoint(run_dir)
-    m = best["metrics"]
-    err.print(f"[bold green]done.[/] best: {best['stage']} epoch {best['epoch']}, val acc "
-              f"{m.get('val_acc', float('nan')):.4f}, val loss {m.get('val_loss', float('nan')):.4f}"
-              f"\nrun directory: {run_dir}", highlight=False)
+    err.print(f"[bold green]done.[/] {summary(best)}\nrun directory: {run_dir}",
+              highlight=False)
+
+
+def _finish_folds(root: Path) -> None:
+    import json
+
+    s = json.loads((root / "folds.json").read_text())
+    lo, hi = s["accuracy_ci95"]
+    err.print(f"[bold green]done.[/] {s['k']}-fold accuracy {s['accuracy_mean']:.4f} (95% CI "
+              f"{lo:.3f}-{hi:.3f}, {s['n_images']} images, each scored once)\n"
+              f"per fold: {root / 'folds.csv'}\nrun directory: {root}", highlight=False)
 
 
 @app.command()
@@ -33,6 +63,7 @@ def train(
     device: Optional[str] = c.Device, seed: Optional[int] = c.Seed, out: Optional[str] = c.Out,
     workers: Optional[str] = c.Workers, name: Optional[str] = c.Name,
     set_: Optional[list[str]] = c.Set,
+    folds: Optional[int] = typer.Option(None, "--folds", help="k-fold estimate: K runs on K stratified folds of all images; writes folds.csv and folds.json"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or stage tables"),
 ) -> None:
     """Train the head (backbone frozen), then the finetune stage if the config has one."""
@@ -40,16 +71,23 @@ def train(
     from mobiletune.config import load_config
     from mobiletune.errors import ConfigError
     from mobiletune import train as pipeline
+    from mobiletune.folds import train_folds
 
     if resume is not None:
         if config is not None:
             raise ConfigError("--resume continues a run with its stored config; drop --config.")
+        if folds is not None:
+            raise ConfigError("--resume continues one run; drop --folds.", key="folds",
+                              value=folds)
         _finish(pipeline.resume(resume, RichCallbacks(quiet)))
         return
     pairs = c.common_pairs(arch, weights, data, batch_size, image_size, device, seed, out,
                            workers, name)
     pairs.update({"train.epochs": epochs, "train.lr": lr})
     cfg = load_config(config, c.overrides(pairs, set_))
+    if folds is not None:
+        _finish_folds(train_folds(cfg, folds, RichCallbacks(quiet)))
+        return
     _finish(pipeline.train(cfg, RichCallbacks(quiet)))
 
 

@@ -175,7 +175,7 @@ def open_backend(arg: str | os.PathLike | None) -> Backend:
 
     ckpt = load_checkpoint(p)
     info = {"checkpoint": ckpt["path"], "arch": ckpt["arch"], "stage": ckpt["stage"],
-            "epoch": ckpt["epoch"]}
+            "epoch": ckpt["epoch"], "temperature": ckpt.get("temperature")}
     return torch_backend(model_from_checkpoint(ckpt), ckpt["class_names"], ckpt["preprocess"],
                          info)
 

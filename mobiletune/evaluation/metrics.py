@@ -53,6 +53,19 @@ def averages(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion: unlike p +- z*se it stays inside [0, 1]
+    and is honest at p = 1 on a small set (65/65 correct is [0.944, 1], not [1, 1])."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = correct / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    lo, hi = mid - half, mid + half
+    return (0.0 if correct == 0 else float(lo), 1.0 if correct == n else float(hi))
+
+
 def top_k_accuracy(probs: np.ndarray, y_true: Sequence[int], k: int) -> float:
     """Fraction of samples whose true class is among the k highest probabilities."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -122,6 +135,7 @@ def classification_metrics(probs: np.ndarray, y_true: Sequence[int], class_names
     ks = sorted({k for k in top_k if k == 1 or k < c})
     out: dict[str, Any] = {
         "accuracy": float(np.trace(cm) / len(t)) if len(t) else 0.0,
+        "accuracy_ci95": list(wilson_interval(int(np.trace(cm)), len(t))),
         **averages(scores),
         "per_class": {name: {"precision": float(scores["precision"][i]),
                              "recall": float(scores["recall"][i]),

@@ -256,8 +256,10 @@ def _metric_tables(m: dict[str, Any]) -> str:
         _table(["true", "predicted as", "images"], confused) if confused else "<p>None.</p>")
     bins = [[f"{b['lower']:.2f}-{b['upper']:.2f}", b["count"], f"{b['confidence']:.3f}",
              f"{b['accuracy']:.3f}"] for b in m.get("calibration_bins", [])]
+    unc = m.get("ece_uncalibrated")
     out += (f"<h2>Calibration</h2><p>Expected calibration error: <b>{m['ece']:.4f}</b> "
-            "(count-weighted gap between confidence and accuracy).</p>"
+            "(count-weighted gap between confidence and accuracy)"
+            + (f"; before temperature scaling: {unc:.4f}" if unc is not None else "") + ".</p>"
             + _table(["confidence bin", "images", "mean confidence", "accuracy"], bins))
     return out
 
@@ -285,7 +287,9 @@ def render_report(metrics: dict[str, Any], info: dict[str, Any], confusion_uri: 
     """The report page as one HTML string (all images already embedded as data URIs)."""
     meta = " &middot; ".join(f"{html.escape(str(k))}: <b>{html.escape(str(v))}</b>"
                              for k, v in info.items() if v not in (None, ""))
-    cards = [("accuracy", f"{metrics['accuracy']:.1%}"), ("macro F1", f"{metrics['macro_f1']:.3f}"),
+    ci = metrics.get("accuracy_ci95")
+    acc_label = f"accuracy (95% CI {ci[0]:.1%}-{ci[1]:.1%})" if ci else "accuracy"
+    cards = [(acc_label, f"{metrics['accuracy']:.1%}"), ("macro F1", f"{metrics['macro_f1']:.3f}"),
              ("weighted F1", f"{metrics['weighted_f1']:.3f}"),
              *((k.replace("_", "-"), f"{v:.1%}") for k, v in metrics["top_k"].items() if k != "top_1"),
              ("ECE", f"{metrics['ece']:.3f}"), ("images", str(metrics["num_samples"]))]

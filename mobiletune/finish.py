@@ -1,0 +1,108 @@
+"""What a run does after its last epoch: calibrate the selected model and score it for real.
+
+The temperature is fitted on the val logits of the cached features (cheap) and folded into
+the head, then the calibrated model is scored on the val images through the same path
+`evaluate` and `predict` use (decode, eval transform, Predictor's engine). That score is
+the run's one number: best.pt's metrics, the summary line and `evaluate` all show it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobiletune import dist
+from mobiletune.checkpoint import load_checkpoint, save_checkpoint
+from mobiletune.data import Sample
+from mobiletune.errors import CheckpointError
+from mobiletune.evaluation.calibration import calibration_errors, fit_temperature
+from mobiletune.evaluation.metrics import wilson_interval
+from mobiletune.model import split
+from mobiletune.stage import StageData, StageSpec, val_logits
+
+
+def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
+    """Divide the head's logits by `temperature` for good (pass 1 / T to undo it)."""
+    head = model.classifier[-1]
+    with torch.no_grad():
+        head.weight.div_(temperature)
+        head.bias.div_(temperature)
+    return model
+
+
+def calibrate(model: nn.Module, spec: StageSpec, feed: StageData, device) -> float:
+    """Fit T on the val logits of `feed` and fold it into `model`; returns T."""
+    prefix, tail = split(model, spec.unfreeze)
+    logits, labels = val_logits(tail, prefix, feed, device)
+    t = fit_temperature(logits.numpy(), labels.numpy())
+    fold_temperature(model, t)
+    return t
+
+
+def live_scores(probs: np.ndarray, labels: Sequence[int], temperature: float | None,
+                fitted_here: bool) -> dict[str, Any]:
+    """Accuracy with its Wilson interval, val loss (NLL of `probs`) and calibration errors."""
+    y = np.asarray(labels, dtype=np.int64)
+    correct = int((probs.argmax(1) == y).sum()) if len(y) else 0
+    nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()) \
+        if len(y) else 0.0
+    return {"val_acc": correct / max(len(y), 1), "val_loss": nll, "n_val": int(len(y)),
+            "accuracy_ci95": list(wilson_interval(correct, len(y))),
+            **calibration_errors(probs, y, temperature, fitted_here)}
+
+
+def score_live(model: nn.Module, class_names: list[str], pre: dict, samples: list[Sample],
+               temperature: float | None, batch_size: int = 32) -> dict[str, Any]:
+    """Score `model` on `samples` exactly as `evaluate` does on the run's val split."""
+    from mobiletune.deploy.backends import torch_backend
+    from mobiletune.predict import Predictor
+
+    predictor = Predictor(torch_backend(model.eval(), class_names, pre, {}))
+    probs, _ = predictor.predict_probs([s.path for s in samples], batch_size)
+    ok = ~np.isnan(probs).any(axis=1)  # unreadable since the scan: left out, as evaluate does
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    return live_scores(probs[ok].astype(np.float64), labels[ok], temperature, True)
+
+
+def _parent_val_acc(run) -> float | None:
+    """What fine-tuning has to beat: the parent run's live val accuracy on the same split,
+    else (a head stage in this run) its epoch 0 row."""
+    if run.cfg.parent:
+        try:
+            parent = load_checkpoint(run.cfg.parent)
+            if parent["metrics"].get("scored") == "live":
+                return float(parent["metrics"]["val_acc"])
+        except CheckpointError:
+            pass
+    start = [r for r in run.history if r.stage == "finetune" and r.epoch == 0]
+    return start[0].val_acc if start else None
+
+
+def finish_run(run, spec: StageSpec, feed: StageData, device, callbacks) -> None:
+    """After a run's last stage (`run`: train.Run): calibrate the model best.pt holds, score
+    it live, and make that best.pt's one number."""
+    best = run.dir / "best.pt"
+    if not dist.is_main() or not best.is_file():  # one writer: rank 0
+        return
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    callbacks.on_message("scoring the selected model on the val images")
+    model = copy.deepcopy(run.model)  # last.pt keeps the last epoch's weights
+    model.load_state_dict(ckpt["model"])
+    t = calibrate(model, spec, feed, device)
+    model.cpu()  # scored as predict and evaluate score it
+    scores = score_live(model, list(run.data.classes), run.pre, run.data.of("val"), t)
+    ckpt["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt["temperature"] = t
+    ckpt["metrics"] = {**ckpt["metrics"], **scores, "temperature": t, "scored": "live"}
+    if spec.unfreeze:
+        ckpt["metrics"]["parent_val_acc"] = _parent_val_acc(run)
+    save_checkpoint(best, ckpt)
+    lo, hi = scores["accuracy_ci95"]
+    run.log(f"final: {ckpt['stage']} epoch {ckpt['epoch']} scored on {scores['n_val']} val "
+            f"images: val_acc {scores['val_acc']:.4f} (95% CI {lo:.3f}-{hi:.3f}) val_loss "
+            f"{scores['val_loss']:.4f} ece {scores['ece']:.4f} (uncalibrated "
+            f"{scores['ece_uncalibrated']:.4f}) temperature {t:.3f}")

@@ -1,0 +1,169 @@
+"""Issue 10: converge by default, select by val loss, one true number, finetune keeps its
+parent, temperature scaling applied exactly once, an interval on every accuracy."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision import models
+
+from mobiletune import stage, train as pipeline
+from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiletune.config import load_config
+from mobiletune.evaluation.calibration import (calibration_errors, cross_fit_probs,
+                                               fit_temperature, halves, softmax)
+from mobiletune.evaluation.metrics import expected_calibration_error, wilson_interval
+from mobiletune.predict import load
+from tests.conftest import make_folder, tiny_config
+from tests.helpers_robust import invoke
+
+
+def _live_weights(path: Path) -> Path:
+    """A random mobilenet_v3_small state_dict whose activations do not vanish (random init
+    gives features ~1e-9, so every logit would equal the head bias)."""
+    torch.manual_seed(0)
+    model = models.mobilenet_v3_small(weights=None)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(0.1)  # O(1) features; 0.05 overflows float16
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _rows(run: Path) -> list[dict]:
+    return list(csv.DictReader(open(run / "metrics.csv")))
+
+
+@pytest.fixture
+def live(tmp_path):
+    """(config overrides, data root) for runs whose predictions vary across images."""
+    data = make_folder(tmp_path / "data", per_class=10)
+    weights = _live_weights(tmp_path / "w.pth")
+    return {"model": {"arch": "mobilenet_v3_small", "weights": str(weights)},
+            "data": {"val_split": 0.4, "augment": "none"}}, data
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(65, 65)
+    assert hi == 1.0 and lo == pytest.approx(65 / (65 + 1.959964 ** 2), abs=1e-6)
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    lo, hi = wilson_interval(62, 65)  # asymmetric, and inside [0, 1]
+    assert 0.87 < lo < 62 / 65 < hi < 0.99 and (62 / 65 - lo) > (hi - 62 / 65)
+
+
+def test_temperature_fit_and_cross_fit():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 3000)
+    z = rng.normal(size=(3000, 3))
+    z[np.arange(3000), y] += 1.5
+    t1 = fit_temperature(z, y)
+    assert fit_temperature(z * 4, y) == pytest.approx(4 * t1, rel=1e-3)  # finds the scale
+    over = z * 4  # overconfident logits: held-out calibration must help
+    assert expected_calibration_error(cross_fit_probs(over, y), y) < \
+        0.5 * expected_calibration_error(softmax(over), y)
+    a, b = halves([0, 0, 1, 1, 1, 1])  # alternating within each class
+    assert a.tolist() == [0, 2, 4] and b.tolist() == [1, 3, 5]
+    e = calibration_errors(softmax(over), y, None, True)  # uncalibrated checkpoint
+    assert e["ece"] == e["ece_uncalibrated"]
+    right = np.eye(3)[y] * 5  # no val errors: the NLL falls forever as T -> 0; do not sharpen
+    assert fit_temperature(right, y) == 1.0
+    right[0] = np.roll(right[0], 1)  # one error among 3000: sharpen at most 2x
+    assert fit_temperature(right, y) >= 0.5
+
+
+def test_default_epochs_are_auto():
+    cfg = load_config(None)
+    assert cfg.train.epochs is None and cfg.finetune.epochs is None
+    spec = pipeline.plan(cfg)[0]
+    assert spec.auto and spec.epochs == stage.AUTO_HEAD["cap"]
+    assert spec.patience == stage.AUTO_HEAD["patience"]
+    fixed = pipeline.plan(load_config(None, [("train.epochs", 7)]))[0]
+    assert not fixed.auto and fixed.epochs == 7 and fixed.patience == 0
+    assert load_config(None, [("train.epochs", "auto")]).train.epochs is None
+
+
+def test_auto_epochs_stop_when_val_loss_stalls(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "data", per_class=4)
+    monkeypatch.setitem(stage.AUTO_HEAD, "patience", 2)
+    # a learning rate so small that val loss cannot move by MIN_GAIN: epoch 1 is the best
+    cfg = load_config(tiny_config(tmp_path, data, train={"epochs": None, "lr": 1e-9}))
+    assert len(_rows(pipeline.train(cfg))) == 3
+    monkeypatch.setitem(stage.AUTO_HEAD, "cap", 2)  # the cap holds even while improving
+    cfg = load_config(tiny_config(tmp_path, data, train={"epochs": None, "lr": 0.05}))
+    assert len(_rows(pipeline.train(cfg))) == 2
+
+
+def test_best_epoch_is_the_lowest_val_loss(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "data", per_class=4)
+    # scripted val scores per epoch: accuracy peaks at epoch 3, val loss bottoms at epoch 2
+    scores = iter([(0.50, 0.75), (0.30, 0.50), (0.40, 1.00), (0.3999, 1.00)])
+    monkeypatch.setattr(stage, "evaluate", lambda *a: next(scores))
+    run = pipeline.train(load_config(tiny_config(tmp_path, data, train={"epochs": 4})))
+    assert load_checkpoint(run)["epoch"] == 2
+    assert [r["val_loss"] for r in _rows(run)] == ["0.500000", "0.300000", "0.400000",
+                                                    "0.399900"]
+
+
+def _trained(tmp_path, live, epochs: int = 3) -> tuple[Path, dict]:
+    extra, data = live
+    cfg = load_config(tiny_config(tmp_path, data, train={"epochs": epochs, "lr": 0.05}, **extra))
+    run = pipeline.train(cfg)
+    return run, load_checkpoint(run)
+
+
+def test_train_log_best_pt_and_evaluate_agree(tmp_path, live):
+    run, best = _trained(tmp_path, live)
+    m = best["metrics"]
+    assert m["scored"] == "live" and m["n_val"] == 8
+    predictor = load(run)
+    val = [r["path"] for r in csv.DictReader(open(run / "splits.csv")) if r["split"] == "val"]
+    probs, _ = predictor.predict_probs(val)
+    assert probs[:, 0].std() > 1e-3  # predictions vary: the comparison below means something
+    invoke(["evaluate", "--checkpoint", run, "--out", tmp_path / "ev"], 0)
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["accuracy"] == m["val_acc"] and ev["accuracy_ci95"] == m["accuracy_ci95"]
+    assert ev["ece"] == m["ece"] and ev["ece_uncalibrated"] == m["ece_uncalibrated"]
+    log = (run / "train.log").read_text()
+    assert f"val_acc {m['val_acc']:.4f}" in log.splitlines()[-2]  # the final line, before done
+
+
+def test_temperature_is_folded_once_and_unfolded_for_finetune(tmp_path, live):
+    run, best = _trained(tmp_path, live)
+    t = best["temperature"]
+    assert abs(t - 1) > 0.05  # else folding would be invisible
+    model = model_from_checkpoint(best)
+    raw = model_from_checkpoint(best)
+    raw.classifier[-1].weight.data *= t
+    raw.classifier[-1].bias.data *= t
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), raw(x) / t, atol=1e-5)
+    # the cached val loss of the selected epoch is the raw model's: the child's epoch 0
+    # must score the raw (unfolded) parent, not the calibrated one
+    parent_loss = float(_rows(run)[best["epoch"] - 1]["val_loss"])
+    child = pipeline.finetune(str(run), {"finetune.unfreeze": 1, "finetune.epochs": 1,
+                                         "finetune.lr": 1e-9})
+    start = _rows(child)[0]
+    assert start["epoch"] == "0" and start["stage"] == "finetune"
+    assert float(start["val_loss"]) == pytest.approx(parent_loss, rel=2e-3)
+
+
+def test_finetune_keeps_its_parent_when_it_cannot_beat_it(tmp_path, live):
+    parent, _ = _trained(tmp_path, live, epochs=2)
+    child = pipeline.finetune(str(parent), {"finetune.unfreeze": 1, "finetune.epochs": 2,
+                                            "finetune.lr": 1e-9})
+    rows = _rows(child)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"] and rows[0]["train_loss"] == "nan"
+    best, p = load_checkpoint(child), load_checkpoint(parent)
+    assert best["epoch"] == 0 and best["metrics"]["val_acc"] == p["metrics"]["val_acc"]
+    assert best["metrics"]["parent_val_acc"] == p["metrics"]["val_acc"]
+    for k, v in p["model"].items():  # best.pt is the parent's model (same temperature)
+        assert torch.allclose(best["model"][k].float(), v.float(), atol=1e-5), k
+    from mobiletune.cli.train_cmd import summary
+
+    assert "did not beat" in summary(best)
