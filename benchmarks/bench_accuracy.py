@@ -163,9 +163,9 @@ def sweep(seeds: list[int], out: Path) -> dict:
     """Every (data set, setting, seed); results accumulate in `out`."""
     lean()
     results = json.loads(out.read_text()) if out.is_file() else {}
-    for name, make in DATASETS.items():
-        root = make()
-        for seed in seeds:
+    for seed in seeds:  # seed-major: a partial sweep still covers both data sets
+        for name, make in DATASETS.items():
+            root = make()
             base = base_overrides(root, f"{name}-s{seed}") + [("seed", seed)]
             for label, fn in SETTINGS.items():
                 key = f"{name}|{label}|{seed}"
