@@ -228,4 +228,4 @@ def test_streaming_from_packs_trains_like_ram(tmp_path, monkeypatch):
         metrics.append((run / "metrics.csv").read_text().splitlines())
     assert seen == ["ndarray", "Entries-ram", "ndarray", "Entries"]  # head derived; ft: ram, mmap
     strip = [[",".join(r.split(",")[:-1]) for r in m] for m in metrics]  # all but seconds
-    assert strip[0] == strip[1] and len(strip[0]) == 4
+    assert strip[0] == strip[1] and len(strip[0]) == 5  # header, head 1, finetune 0 (start), 1, 2
