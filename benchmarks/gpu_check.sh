@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD MOBILETUNE_CACHE=$OUT/cache
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 DEVICE=${DEVICE:-cuda}
 SIZES=${SIZES:-1000 5000}
 say() { echo "== $*" | tee -a "$OUT/summary.txt"; }
