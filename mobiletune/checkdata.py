@@ -155,6 +155,23 @@ def _collect(root: Path) -> tuple[str, list[ImageInfo], list[tuple[str, str]], d
     return ("train/val" if has_split else "flat"), infos, ignored, classes
 
 
+def _collect_csv(path: Path) -> tuple[str, list[ImageInfo], list[tuple[str, str]], dict]:
+    """`_collect` for a labels CSV (`data.labels`): its usable rows, split as the file says
+    when every row says (else all together, as a flat folder); its bad rows are ignored."""
+    from mobiletune.labels import read_labels
+
+    listed = read_labels(path)
+    split = all(s for _, _, s in listed.rows) and bool(listed.rows)
+    infos = [ImageInfo(p, label, s if split else "all") for p, label, s in listed.rows]
+    classes: dict[str, list[str]] = {}
+    for i in infos:
+        classes.setdefault(i.split, [])
+        if i.cls not in classes[i.split]:
+            classes[i.split].append(i.cls)
+    return ("train/val" if split else "flat"), infos, list(listed.skipped), \
+        {k: sorted(v) for k, v in classes.items()}
+
+
 def _layout_issues(counts: dict[str, dict[str, int]]) -> list[str]:
     """Classes with no readable images, or present in only one of train/val."""
     issues = [f"class folder {c if split == 'all' else split + '/' + c} holds no readable images"
@@ -212,15 +229,19 @@ def find_duplicates(infos: list[ImageInfo], max_distance: int, flat: bool,
 def check_data(root: str | os.PathLike, *, min_size: int = 64, max_imbalance: float = 3.0,
                max_distance: int = 6, workers: int | None = None,
                progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    """Inspect a data folder (root/train/<class> + root/val/<class>, or root/<class>).
+    """Inspect a data folder (root/train/<class> + root/val/<class>, or root/<class>), or
+    the images a labels CSV lists.
 
     Raises DataError when `root` is missing or holds no class folders.
     """
     root = Path(root).expanduser()
-    if not root.is_dir():
+    if root.is_file() and root.suffix.lower() == ".csv":
+        layout, infos, ignored, class_dirs = _collect_csv(root)
+    elif not root.is_dir():
         raise DataError(f"Data folder {root} does not exist (or is not a folder). Pass the folder "
                         "that holds train/<class>/ and val/<class>/, or one folder per class.")
-    layout, infos, ignored, class_dirs = _collect(root)
+    else:
+        layout, infos, ignored, class_dirs = _collect(root)
     if not infos:
         raise DataError(f"{root} holds no images in class folders. Expected "
                         f"{root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg, or "

@@ -229,8 +229,9 @@ def absolutize(cfg: Config, base: Path | None = None) -> Config:
     weights = cfg.model.weights
     if weights not in ("imagenet", "none"):
         weights = absp(weights, "model.weights")
+    labels = absp(cfg.data.labels, "data.labels") if cfg.data.labels else ""
     return replace(cfg, output=absp(cfg.output, "output"),
-                   data=replace(cfg.data, root=absp(cfg.data.root, "data.root")),
+                   data=replace(cfg.data, root=absp(cfg.data.root, "data.root"), labels=labels),
                    model=replace(cfg.model, weights=weights))
 
 

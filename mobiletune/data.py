@@ -199,6 +199,12 @@ def _probe_all(steps: list[Step], on_progress: Callable[[int, int], None] | None
     return out
 
 
+def probe_files(files: list[Path], on_progress: Callable[[int, int], None] | None = None
+                ) -> dict[Path, str | None]:
+    """Why each file cannot be used (None: it can), probed in parallel."""
+    return _probe_all([("class", "", files)], on_progress)
+
+
 def _replay(steps: list[Step], probed: dict[Path, str | None],
             skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
     """class name -> usable absolute paths; unusable files go to `skipped`."""
@@ -230,7 +236,10 @@ def _account_outside(root: Path, scanned: list[str], seen: set[str],
             skipped.append((str(p.absolute()), "outside train/ and val/"))
 
 
-def _split(paths: list[str], fraction: float, rng: random.Random) -> tuple[list[str], list[str]]:
+def split_paths(paths: list[str], fraction: float, rng: random.Random
+                ) -> tuple[list[str], list[str]]:
+    """(train, val) of one class's paths: `fraction` of them to val (at least 1 when there
+    are 2 or more), order drawn from `rng`."""
     shuffled = sorted(paths)
     rng.shuffle(shuffled)
     n_val = round(len(shuffled) * fraction) if len(shuffled) > 1 else 0
@@ -239,10 +248,16 @@ def _split(paths: list[str], fraction: float, rng: random.Random) -> tuple[list[
 
 
 def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
-         on_progress: Callable[[int, int], None] | None = None) -> ScanResult:
+         on_progress: Callable[[int, int], None] | None = None,
+         labels: str | os.PathLike | None = None) -> ScanResult:
     """Scan `root/train/<class>` + `root/val/<class>`, or `root/<class>` split by `val_split`
     (stratified per class, reproducible for a seed). Files are probed in parallel;
-    `on_progress(done, total)` follows the probing."""
+    `on_progress(done, total)` follows the probing. With `labels`, the images a labels CSV
+    lists instead (`mobiletune.labels`)."""
+    if labels:
+        from mobiletune.labels import scan_labels
+
+        return scan_labels(labels, val_split, seed, on_progress)
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Data folder {root} not found. Set data.root (or --data) to a folder "
@@ -278,7 +293,7 @@ def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
         if has_split and val:
             tr, va = train[c], val.get(c, [])
         else:
-            tr, va = _split(train[c], val_split, rng)
+            tr, va = split_paths(train[c], val_split, rng)
         samples += [Sample(p, i, "train") for p in tr] + [Sample(p, i, "val") for p in va]
     if not any(s.split == "val" for s in samples):
         raise DataError(f"{root} leaves no images for validation; add a val/ folder or more images.")

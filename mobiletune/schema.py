@@ -34,6 +34,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     root: str = _key("data", "root/train/<class>/* + root/val/<class>/*, or root/<class>/*")
+    labels: str = _key("", "CSV of path,label[,split] (paths relative to it), used instead of "
+                       "class folders under root; empty: class folders", kind=str)
     val_split: float = _key(0.2, "val fraction when root has no train/val folders",
                             lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     image_size: int = _key(224, "crop size fed to the network", lo=32, hi=1024)

@@ -155,7 +155,8 @@ def scan_config(cfg: Config, callbacks: Callbacks | None = None) -> ScanResult:
     """The data of a config (scanned on rank 0, shared with every rank)."""
     # rank 0 scans and every rank gets its result: one split, one read of the folder
     progress = (lambda d, t: callbacks.on_progress("scan", d, t)) if callbacks else None
-    return dist.on_main(lambda: scan(cfg.data.root, cfg.data.val_split, cfg.seed, progress))
+    return dist.on_main(lambda: scan(cfg.data.root, cfg.data.val_split, cfg.seed, progress,
+                                     labels=cfg.data.labels or None))
 
 
 def _execute(run: Run, callbacks: Callbacks) -> Path:

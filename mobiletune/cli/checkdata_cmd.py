@@ -55,7 +55,7 @@ def _print_findings(report: Any) -> None:
 @app.command("check-data")
 @guarded
 def check_data(
-    folder: str = typer.Argument(..., help="data root: DIR/train/<class> + DIR/val/<class>, or DIR/<class>"),
+    folder: str = typer.Argument(..., help="data root: DIR/train/<class> + DIR/val/<class>, or DIR/<class>; or a labels CSV (path,label[,split])"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
     min_size: int = typer.Option(64, "--min-size", min=1, help="flag images whose shorter side is under this many pixels"),
     max_imbalance: float = typer.Option(3.0, "--max-imbalance", min=1.0, help="flag a split whose largest class has more than this many times the images of its smallest"),
