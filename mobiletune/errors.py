@@ -27,6 +27,15 @@ class CheckpointError(MobiletuneError):
     """A checkpoint or run directory is missing, truncated, unsafe, or does not fit."""
 
 
+class MissingExtraError(MobiletuneError):
+    """A feature needs an optional extra (`pip install 'mobiletune[tflite]'`) not installed."""
+
+    def __init__(self, feature: str, extra: str, missing: str) -> None:
+        super().__init__(f"{feature} needs the optional extra mobiletune[{extra}] ({missing} is "
+                         f"not installed): pip install 'mobiletune[{extra}]'")
+        self.extra = extra
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on Ctrl-C or SIGTERM after `last.pt` was saved (exit 130)."""
 

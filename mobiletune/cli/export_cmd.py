@@ -1,4 +1,4 @@
-"""`mobiletune export`: ONNX or TorchScript (optionally int8), with a parity check."""
+"""`mobiletune export`: ONNX, TorchScript, TFLite or Core ML (optionally int8), checked."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def _report_table(r: ExportReport):
 
 
 def _summary(r: ExportReport, max_drop: float) -> str:
+    if not r.images:  # Core ML: checked structurally, not run
+        return "\n".join([f"wrote {r.path} ({_mb(r.size_bytes[r.format])})", *r.notes])
     lines = [f"wrote {r.path}",
              f"top-1 agreement with PyTorch: {r.agreement:.2%} of {r.images} images; "
              f"largest probability difference {r.max_prob_diff:.2e}"]
@@ -41,28 +43,32 @@ def _summary(r: ExportReport, max_drop: float) -> str:
         lines += [f"wrote {r.int8_path}{mixed}",
                   f"int8 accuracy {r.accuracy['int8']:.4f} vs float {r.accuracy[r.format]:.4f} "
                   f"(drop {r.int8_drop:+.4f}, allowed {max_drop}); {speed:.1f}x the float "
-                  "ONNX speed at batch 1"]
+                  f"{r.format} speed at batch 1"]
     return "\n".join(lines)
 
 
 @app.command()
 @guarded
 def export(
-    format: str = typer.Option(..., "--format", help="onnx | torchscript"),
-    int8: bool = typer.Option(False, "--int8", help="also write a static int8 ONNX model (<name>.int8.onnx beside the float one), calibrated on the run's training images"),
-    out_path: Optional[str] = typer.Option(None, "--out", help="output file, or a folder for model.onnx / model.pt in it (default: <run>/export/model.onnx, or model.pt for torchscript)"),
+    format: str = typer.Option(..., "--format", help="onnx | torchscript | tflite (extra mobiletune[tflite]) | coreml (extra mobiletune[coreml])"),
+    int8: bool = typer.Option(False, "--int8", help="also write a static int8 model (<name>.int8.onnx or .int8.tflite beside the float one), calibrated on the run's training images"),
+    uint8_input: bool = typer.Option(False, "--uint8-input", help="onnx: take the uint8 NHWC center crop and give probabilities, like tflite (model.uint8.onnx)"),
+    out_path: Optional[str] = typer.Option(None, "--out", help="output file, or a folder for model.onnx / model.pt / model.tflite / model.mlpackage in it (default: <run>/export/)"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory or .pt file (default: runs/latest/best.pt)"),
     data: Optional[str] = typer.Option(None, "--data", help="data folder for the parity check and int8 calibration (default: the run's splits.csv)"),
     max_drop: float = typer.Option(0.03, "--max-drop", min=0.0, max=1.0, help="refuse the int8 model when its val accuracy is more than this below the float model's"),
 ) -> None:
     """Export a checkpoint for deployment, with class names and preprocessing in the file,
-    and check it against the PyTorch model on the run's validation images."""
+    load it back in its runtime and check it against the PyTorch model on the run's
+    validation images (Core ML: checked structurally, it runs only on Apple platforms)."""
     from mobiletune.checkpoint import load_checkpoint
     from mobiletune.deploy.export import export_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     report = export_checkpoint(
         ckpt, format.lower(), out_path, int8=int8, data=data, max_drop=max_drop,
+        uint8_input=uint8_input,
         progress=lambda msg: err.print(f"[dim]{msg}...[/]", highlight=False))
-    out.print(_report_table(report))
+    if report.images:
+        out.print(_report_table(report))
     out.print(_summary(report, max_drop), highlight=False)

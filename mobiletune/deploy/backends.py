@@ -147,12 +147,13 @@ def onnx_backend(path: Path, threads: int | None = None) -> Backend:
 
 
 def tflite_backend(path: Path, threads: int | None = None) -> Backend:
-    """An exported .tflite file run by ai-edge-litert; class names and preprocessing come
-    from the `<stem>.json` written beside it."""
-    from mobiletune.deploy.tflite import open_interpreter, read_sidecar
+    """An exported .tflite file run by ai-edge-litert (extra `mobiletune[tflite]`); class
+    names and preprocessing come from the file's own metadata."""
+    from mobiletune.deploy import tflite
 
-    names, pre = read_sidecar(path)
-    run = open_interpreter(path, threads)
+    tflite.need("Running a .tflite file")
+    names, pre = parse_metadata(tflite.read_metadata(path), str(path))
+    run = tflite.open_interpreter(path, threads)
     return Backend(run, names, pre, "tflite", {"model": str(path), "engine": "LiteRT"})
 
 
@@ -163,6 +164,9 @@ def open_backend(arg: str | os.PathLike | None) -> Backend:
     if p is not None and not p.exists():
         raise CheckpointError(f"Model {p} not found. Pass a run directory, a .pt checkpoint, "
                               "or an exported .onnx, .tflite or TorchScript file.")
+    if p is not None and p.suffix.lower() == ".mlpackage":
+        raise CheckpointError(f"{p} is a Core ML package; Core ML runs only on macOS and iOS. "
+                              "Pass the run directory, or a .pt, .onnx or .tflite export.")
     if p is not None and p.is_file():
         suffix = p.suffix.lower()
         if suffix == ".onnx":

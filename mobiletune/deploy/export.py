@@ -207,15 +207,20 @@ class ExportReport:
     size_bytes: dict[str, int]  # on disk, per model (pytorch: its state_dict)
     int8_path: Path | None = None
     int8_float_blocks: int | None = None  # trailing blocks the int8 model keeps float
+    notes: list[str] = field(default_factory=list)  # checks made without running (Core ML)
 
     @property
     def int8_drop(self) -> float | None:
         return self.accuracy[self.format] - self.accuracy["int8"] if self.int8_path else None
 
 
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "tflite": "model.tflite",
+              "coreml": "model.mlpackage"}
+
+
 def default_path(ckpt: dict, fmt: str) -> Path:
-    """`<run>/export/model.onnx` or `model.pt`, beside the checkpoint's run."""
-    return Path(ckpt["path"]).parent / "export" / ("model.onnx" if fmt == "onnx" else "model.pt")
+    """`<run>/export/model.onnx` (model.pt, model.tflite, model.mlpackage), beside the run."""
+    return Path(ckpt["path"]).parent / "export" / FILE_NAMES[fmt]
 
 
 def int8_path_for(path: Path) -> Path:
@@ -223,7 +228,7 @@ def int8_path_for(path: Path) -> Path:
     return path.with_name(f"{path.stem}.int8{path.suffix or '.onnx'}")
 
 
-def _check_int8(out: Outputs, fmt: str, max_drop: float, path: Path, final: Path) -> None:
+def check_int8(out: Outputs, fmt: str, max_drop: float, path: Path, final: Path) -> None:
     drop = out.accuracy(fmt) - out.accuracy("int8")
     if drop > max_drop:
         stale = f" The {final.name} there is from an earlier export." if final.exists() else ""
@@ -234,13 +239,16 @@ def _check_int8(out: Outputs, fmt: str, max_drop: float, path: Path, final: Path
             f"{path} is fine: ship it, or allow a larger drop with --max-drop.")
 
 
-def _check_format(fmt: str, int8: bool) -> None:
-    if fmt not in ("onnx", "torchscript"):
-        raise ConfigError(f"Unknown export format {fmt!r}; choose onnx or torchscript.",
-                          key="--format", value=fmt, choices=("onnx", "torchscript"))
-    if int8 and fmt != "onnx":
-        raise ConfigError("--int8 quantizes with ONNX Runtime: use it with --format onnx.",
-                          key="--int8", value=True)
+def _check_format(fmt: str, int8: bool, uint8_input: bool) -> None:
+    if fmt not in FILE_NAMES:
+        raise ConfigError(f"Unknown export format {fmt!r}; choose {', '.join(FILE_NAMES)}.",
+                          key="--format", value=fmt, choices=tuple(FILE_NAMES))
+    if uint8_input and fmt != "onnx":
+        raise ConfigError("--uint8-input is for --format onnx (tflite and coreml always take "
+                          "the image as it is).", key="--uint8-input", value=True)
+    if int8 and fmt == "torchscript":
+        raise ConfigError("--int8 quantizes with ONNX Runtime or for TFLite: use it with "
+                          "--format onnx or tflite.", key="--int8", value=True)
 
 
 def _write(model: nn.Module, fmt: str, path: Path, meta: dict[str, str], size: int) -> Runner:
@@ -252,21 +260,36 @@ def _write(model: nn.Module, fmt: str, path: Path, meta: dict[str, str], size: i
     return torch_runner(load_torchscript(path)[0])
 
 
+def _target(ckpt: dict, fmt: str, out: str | Path | None, uint8_input: bool) -> Path:
+    name = "model.uint8.onnx" if uint8_input else FILE_NAMES[fmt]
+    path = Path(out) if out else default_path(ckpt, fmt).with_name(name)
+    return path / name if path.is_dir() and path.suffix != ".mlpackage" else path
+
+
 def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, int8: bool = False,
                       data: str | None = None, max_drop: float = 0.03,
+                      uint8_input: bool = False,
                       progress: Callable[[str], None] = lambda _msg: None,
                       latency_budget_s: float = 1.0) -> ExportReport:
-    """Export `ckpt` as `fmt` (onnx | torchscript), check parity on validation images, and
-    with `int8` also quantize (refused when accuracy drops by more than `max_drop`)."""
+    """Export `ckpt` as `fmt` (onnx | torchscript | tflite | coreml), check parity on
+    validation images, and with `int8` also quantize (refused when accuracy drops by more
+    than `max_drop`). tflite, coreml and onnx with `uint8_input` are apps' formats
+    (`deploy.mobile`): uint8 image in, probabilities out."""
     from mobiletune.checkpoint import model_from_checkpoint
     from mobiletune.profile import time_ms
 
-    _check_format(fmt, int8)
+    _check_format(fmt, int8, uint8_input)
+    if fmt in ("tflite", "coreml") or uint8_input:
+        from mobiletune.deploy.mobile import check_options, export_mobile
+
+        check_options(fmt, int8)  # a missing extra is reported before any work
+        return export_mobile(ckpt, fmt, _target(ckpt, fmt, out, uint8_input), int8=int8,
+                             data=data, max_drop=max_drop, progress=progress,
+                             latency_budget_s=latency_budget_s)
     torch.set_flush_denormal(True)
     model, meta, pre = model_from_checkpoint(ckpt), metadata(ckpt), ckpt["preprocess"]
     train, val = check_samples(ckpt, data)  # before writing anything: fail early
-    path = Path(out) if out else default_path(ckpt, fmt)
-    path = path / default_path(ckpt, fmt).name if path.is_dir() else path
+    path = _target(ckpt, fmt, out, False)
     progress(f"writing {path}")
     runners = {"pytorch": torch_runner(model), fmt: _write(model, fmt, path, meta, pre["crop"])}
     sizes = {"pytorch": state_dict_bytes(model), fmt: os.path.getsize(path)}
@@ -285,7 +308,7 @@ def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, in
         progress(f"checking parity on {len(val)} validation images")
         res = collect(val, pre, runners)
         if tmp:
-            _check_int8(res, fmt, max_drop, path, final)
+            check_int8(res, fmt, max_drop, path, final)
             os.replace(tmp, final)
     finally:
         if tmp:

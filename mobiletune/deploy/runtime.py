@@ -52,8 +52,7 @@ def parse_metadata(props: dict[str, str], source: str) -> tuple[list[str], dict]
     if missing:
         raise CheckpointError(
             f"{source} lacks the metadata mobiletune needs ({', '.join(missing)}): it was not "
-            "written by `mobiletune export`. Export the run again with `mobiletune export "
-            "--format onnx`.")
+            "written by `mobiletune export`. Export the run again with `mobiletune export`.")
     try:
         names = json.loads(props["class_names"])
         spec = {"resize": int(props["resize"]), "crop": int(props["crop"]),
@@ -61,7 +60,7 @@ def parse_metadata(props: dict[str, str], source: str) -> tuple[list[str], dict]
                 "std": [float(v) for v in json.loads(props["std"])]}
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{source} has malformed mobiletune metadata ({e}); export the "
-                              "run again with `mobiletune export --format onnx`.") from None
+                              "run again with `mobiletune export`.") from None
     return [str(n) for n in names], spec
 
 

@@ -1,0 +1,174 @@
+"""Exports for apps: TFLite, Core ML, and ONNX with a uint8 input. One contract for all three:
+the app passes the center crop as it is (uint8 RGB, NHWC for TFLite/ONNX; an image for Core
+ML) and gets class probabilities; normalization happens inside the model.
+
+Each export is loaded back in its own runtime and checked on the run's validation images
+(top-1 agreement with PyTorch, accuracy); Core ML cannot run off macOS, so its package is
+checked structurally (classes, input image, size). TFLite int8 is refused beyond --max-drop.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobiletune.data import Sample, load_image
+from mobiletune.deploy.export import (CALIB_IMAGES, ExportReport, Outputs, check_int8,
+                                      check_samples, metadata, state_dict_bytes, torch_runner)
+from mobiletune.deploy.runtime import crop_uint8, normalize
+from mobiletune.errors import ConfigError, DataError
+
+class UInt8Classifier(nn.Module):
+    """uint8 NHWC crops -> class probabilities, with the checkpoint's normalization inside."""
+
+    def __init__(self, model: nn.Module, pre: dict, layout: str = "nhwc") -> None:
+        super().__init__()
+        self.model, self.layout = model.eval(), layout
+        # folded into one multiply-add: (x / 255 - mean) / std == x * scale + shift
+        std = torch.tensor(pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", -mean / std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "nhwc":
+            x = x.permute(0, 3, 1, 2)
+        return torch.softmax(self.model(x.float() * self.scale + self.shift), dim=1)
+
+
+def decode_crops(samples: list[Sample], pre: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 NHWC crops, labels) of the samples that decode; others are left out."""
+    crops, labels = [], []
+    for s in samples:
+        try:
+            crops.append(crop_uint8(load_image(s.path, pre["resize"]), pre))
+            labels.append(s.label)
+        except Exception:  # moved or unreadable since training: not part of the check
+            continue
+    if not crops:
+        raise DataError(f"None of the {len(samples)} check images could be decoded "
+                        f"(first: {samples[0].path if samples else '-'}).")
+    return np.stack(crops), np.asarray(labels)
+
+
+def _batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, n: int = 32) -> np.ndarray:
+    return np.concatenate([run(x[i:i + n]) for i in range(0, len(x), n)])
+
+
+def check_options(fmt: str, int8: bool) -> None:
+    """Refuse what these exports cannot do, before anything is written."""
+    if int8 and fmt != "tflite":
+        what = "--uint8-input" if fmt == "onnx" else "Core ML"
+        raise ConfigError(f"--int8 is not available with {what}: use --format tflite --int8, "
+                          "or --format onnx --int8 (float input).", key="--int8", value=True)
+    if fmt == "tflite":
+        from mobiletune.deploy.tflite import need
+
+        need()
+    elif fmt == "coreml":
+        from mobiletune.deploy.coreml import need
+
+        need()
+
+
+def _write(model: nn.Module, fmt: str, path: Path, meta: dict, ckpt: dict) -> None:
+    from mobiletune.fileio import atomic_write
+
+    pre = ckpt["preprocess"]
+    crop, wrapper = pre["crop"], UInt8Classifier(model, pre)
+    if fmt == "tflite":
+        from mobiletune.deploy.tflite import convert
+
+        data = convert(wrapper, crop, meta)
+        atomic_write(path, lambda f: f.write(data))
+        atomic_write(path.with_name("labels.txt"),
+                     lambda f: f.write("".join(f"{c}\n" for c in ckpt["class_names"]).encode()))
+    elif fmt == "onnx":
+        import onnx
+
+        from mobiletune.frozen.engine import onnx_bytes
+
+        example = torch.zeros(1, crop, crop, 3, dtype=torch.uint8)
+        proto = onnx.load_from_string(onnx_bytes(wrapper, crop, "probabilities", example))
+        onnx.helper.set_model_props(proto, {**meta, "input": "uint8 NHWC RGB center crop",
+                                            "output": "probabilities"})
+        atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    else:
+        from mobiletune.deploy.coreml import convert
+
+        # Core ML's image input hands the model float pixels 0-255 in NCHW
+        convert(UInt8Classifier(model, pre, "nchw"), ckpt, meta, path)
+
+
+def _calibration(train: list[Sample], pre: dict, seed: int = 0) -> list[np.ndarray]:
+    if not train:
+        raise DataError("No training images to calibrate int8 ranges on; pass a data folder "
+                        "with train/ images with --data DIR.")
+    picked = random.Random(seed).sample(train, min(CALIB_IMAGES, len(train)))
+    crops, _ = decode_crops(picked, pre)
+    return [crops[i:i + 16] for i in range(0, len(crops), 16)]
+
+
+def export_mobile(ckpt: dict, fmt: str, path: Path, *, int8: bool = False,
+                  data: str | None = None, max_drop: float = 0.03,
+                  progress: Callable[[str], None] = lambda _msg: None,
+                  latency_budget_s: float = 1.0) -> ExportReport:
+    """Export `ckpt` for apps as `fmt` (tflite | coreml | onnx with a uint8 input) to `path`,
+    load it back and check it; with `int8` (tflite) also a full-integer model, refused
+    when its val accuracy drops more than `max_drop` below the float export's."""
+    from mobiletune.checkpoint import model_from_checkpoint
+    from mobiletune.deploy.backends import open_backend
+    from mobiletune.profile import time_ms
+
+    check_options(fmt, int8)
+    torch.set_flush_denormal(True)
+    model, pre = model_from_checkpoint(ckpt), ckpt["preprocess"]
+    meta = metadata(ckpt)
+    train, val = check_samples(ckpt, data)  # before writing anything: fail early
+    crops, labels = decode_crops(val, pre)
+    progress(f"converting to {fmt} ({path})")
+    _write(model, fmt, path, meta, ckpt)
+    sizes = {"pytorch": state_dict_bytes(model), fmt: _size(path)}
+    if fmt == "coreml":
+        from mobiletune.deploy.coreml import check
+
+        return ExportReport(fmt, path, 0, float("nan"), float("nan"), {}, {}, sizes,
+                            notes=check(path, ckpt))
+    reference = torch_runner(model)
+    runners = {"pytorch": lambda c: reference(normalize(c, pre)), fmt: open_backend(path).run}
+    int8_path = path.with_name(f"{path.stem}.int8{path.suffix}") if int8 else None
+    if int8_path:
+        from mobiletune.deploy.backends import tflite_backend
+        from mobiletune.deploy.tflite import quantize
+
+        progress(f"quantizing to int8 with ranges from up to {CALIB_IMAGES} training images")
+        tmp = int8_path.with_name(f".{int8_path.name}.partial")
+        tmp.write_bytes(quantize(path.read_bytes(), _calibration(train, pre)))
+        runners["int8"], sizes["int8"] = tflite_backend(tmp).run, os.path.getsize(tmp)
+    try:
+        progress(f"checking {fmt} in its runtime on {len(labels)} validation images")
+        res = Outputs({k: _batched(r, crops) for k, r in runners.items()}, labels, crops[:1])
+        if int8_path:
+            check_int8(res, fmt, max_drop, path, int8_path)
+            os.replace(tmp, int8_path)
+    finally:
+        if int8_path:
+            tmp.unlink(missing_ok=True)  # refused or interrupted: no half-made int8 file
+    progress("timing batch-1 latency")
+    latency = {k: time_ms(lambda r=r: r(res.first), budget_s=latency_budget_s, warmup=3)
+               for k, r in runners.items()}
+    return ExportReport(fmt, path, len(labels), res.agreement("pytorch", fmt),
+                        res.max_diff("pytorch", fmt), {k: res.accuracy(k) for k in runners},
+                        latency, sizes, int8_path, 0 if int8_path else None)
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():  # an .mlpackage is a folder
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return os.path.getsize(path)
