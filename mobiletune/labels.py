@@ -66,7 +66,8 @@ def _add_row(out: LabelRows, row: dict, n: int, base: Path, seen: set[str]) -> N
     raw = (row.get("path") or "").strip()
     label = (row.get("label") or "").strip()
     split = (row.get("split") or "").strip().lower() or None
-    where = str((base / raw).absolute()) if raw else f"line {n}"
+    # normalized ("photos/../x.jpg" is x.jpg), symlinks kept: the path as the user named it
+    where = os.path.normpath((base / raw).absolute()) if raw else f"line {n}"
     why = ("empty path" if not raw else "empty label" if not label
            else f"unknown split {split!r} (use train or val, or leave it empty)"
            if split not in (None, *SPLITS) else "listed twice" if where in seen else None)

@@ -163,8 +163,8 @@ def test_int8_needs_onnx_and_format_is_checked(tmp_path):
     ckpt = load_checkpoint(make_run(tmp_path))
     with pytest.raises(ConfigError, match="--format onnx"):
         export_checkpoint(ckpt, "torchscript", int8=True)
-    with pytest.raises(ConfigError, match="onnx or torchscript"):
-        export_checkpoint(ckpt, "tflite")
+    with pytest.raises(ConfigError, match="onnx, torchscript, tflite, coreml"):
+        export_checkpoint(ckpt, "keras")
     assert not (tmp_path / "run" / "export").exists()
 
 
@@ -225,5 +225,5 @@ def test_cli_export_prints_parity_and_maps_errors_to_exit_2(tmp_path, monkeypatc
     assert (tmp_path / "m.onnx").is_file()
     bad = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "nope"), "--format", "onnx"])
     assert bad.exit_code == 2 and "not found" in bad.output
-    bad = runner.invoke(app, ["export", "--checkpoint", str(run), "--format", "tflite"])
-    assert bad.exit_code == 2 and "onnx or torchscript" in bad.output
+    bad = runner.invoke(app, ["export", "--checkpoint", str(run), "--format", "keras"])
+    assert bad.exit_code == 2 and "onnx, torchscript, tflite, coreml" in bad.output

@@ -31,7 +31,7 @@ def _write(path: Path, rows: list[list[str]], header=("path", "label")) -> Path:
 
 def test_rows_become_samples_relative_to_the_csv(tmp_path):
     photos = _photos(tmp_path)
-    rows = [[f"photos/{p.name}", "cat" if i % 2 else "dog"] for i, p in enumerate(photos)]
+    rows = [[f"photos/../photos/{p.name}", "cat" if i % 2 else "dog"] for i, p in enumerate(photos)]
     res = scan_labels(_write(tmp_path / "labels.csv", rows), val_split=0.34, seed=0)
     assert res.classes == ["cat", "dog"] and not res.skipped
     assert sorted(s.path for s in res.samples) == sorted(str(p.absolute()) for p in photos)
