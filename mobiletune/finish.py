@@ -37,7 +37,8 @@ def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
 def calibrate(model: nn.Module, spec: StageSpec, feed: StageData, device) -> float:
     """Fit T on the val logits of `feed` and fold it into `model`; returns T."""
     prefix, tail = split(model, spec.unfreeze)
-    logits, labels = val_logits(tail, prefix, feed, device)
+    # every val image: under torchrun this runs on rank 0 alone, not on its share
+    logits, labels = val_logits(tail, prefix, feed, device, shard=False)
     t = fit_temperature(logits.numpy(), labels.numpy())
     fold_temperature(model, t)
     return t

@@ -86,7 +86,7 @@ class StageData(Protocol):
 
     def train_batches(self, epoch_seed: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
 
-    def val_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+    def val_batches(self, shard: bool = True) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 class Callbacks:
@@ -137,12 +137,13 @@ def _step_batch(tail, prefix, data, x, y, device, loss_fn):
 
 
 def val_logits(tail: nn.Module, prefix: nn.Module, data: StageData,
-               device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [N, C] and labels [N] of the val batches, the model in eval mode."""
+               device, shard: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, C] and labels [N] of the val batches, the model in eval mode: this rank's
+    share under torchrun, or every val image with shard=False (rank 0 alone)."""
     tail.eval()
     logits, labels = [], []
     with torch.no_grad():
-        for x, y in data.val_batches():
+        for x, y in data.val_batches(shard):
             z, _, y = _step_batch(tail, prefix, data, x, y, device, lambda a, b: None)
             logits.append(z.float().cpu())
             labels.append(y.cpu())

@@ -105,3 +105,21 @@ def test_user_error_exits_2_on_every_rank_with_one_message(tmp_path):
     assert text.count("exitcode  : 2") == 2 or text.count("exitcode: 2") == 2 \
         or text.count("exitcode") == 0, text
     assert not (tmp_path / "runs").exists()  # nothing made
+
+
+def test_rank_zero_alone_can_read_every_val_entry(monkeypatch):
+    """Under torchrun each rank evaluates its share; rank 0's calibration (which runs on
+    rank 0 alone) must see every val image."""
+    import numpy as np
+
+    from mobiletune import dist
+    from mobiletune.frozen.feeds import CachedData
+
+    monkeypatch.setattr(dist, "active", lambda: True)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "rank", lambda: 0)
+    val = np.arange(10, dtype=np.float32).reshape(10, 1, 1)
+    feed = CachedData(val, [0] * 10, val, list(range(10)), batch_size=4, balance="none")
+    share = torch.cat([y for _, y in feed.val_batches()]).tolist()
+    whole = torch.cat([y for _, y in feed.val_batches(shard=False)]).tolist()
+    assert share == [0, 2, 4, 6, 8] and whole == list(range(10))

@@ -61,8 +61,9 @@ class LiveData:
         return self._loader(self.train_set, shuffle=False, seed=epoch_seed,
                             sampler=rank_share(order).tolist())
 
-    def val_batches(self):
-        if not dist.active():
+    def val_batches(self, shard: bool = True):
+        """This rank's share of the val images (all of them with shard=False)."""
+        if not dist.active() or not shard:
             return self._loader(self.val_set, shuffle=False, seed=0)
         share = list(dist.shard(range(len(self.val_set))))
         return self._loader(self.val_set, shuffle=False, seed=0, sampler=share)
@@ -130,8 +131,10 @@ class CachedData:
         views = rank_share(views)  # the same draw as one process makes, split like the order
         return self._batches(self.train, self.train_labels, rank_share(order), views)
 
-    def val_batches(self):
-        order = dist.shard(torch.arange(len(self.val_labels)))  # no padding: counts stay exact
+    def val_batches(self, shard: bool = True):
+        """This rank's share of the val entries (all of them with shard=False)."""
+        order = torch.arange(len(self.val_labels))
+        order = dist.shard(order) if shard else order  # no padding: counts stay exact
         return self._batches(self.val, self.val_labels, order, torch.zeros(len(order), dtype=torch.long))
 
 
