@@ -116,10 +116,11 @@ def _check_cross(cfg: Config, source: str, cli: Collection[str] = ()) -> Config:
         raise ConfigError(f"'data.workers' in {src} is {w!r}; use auto or a number 0-64.",
                           key="data.workers", value=w, choices=("auto", "0-64"), source=src)
     blocks = NUM_BLOCKS[cfg.model.arch]
-    if cfg.finetune.unfreeze > blocks:
+    if not 0 <= cfg.finetune.unfreeze <= blocks:
         src = _source("finetune.unfreeze", source, cli)
         raise ConfigError(f"'finetune.unfreeze' in {src} is {cfg.finetune.unfreeze}, but "
-                          f"{cfg.model.arch} has {blocks} blocks: use 1-{blocks} (0 = no finetune).",
+                          f"{cfg.model.arch} has {blocks} blocks: use 1-{blocks} (0 = no "
+                          "finetune stage).",
                           key="finetune.unfreeze", value=cfg.finetune.unfreeze,
                           choices=(0, blocks), source=src)
     # `latest` is the symlink to the newest run, so it cannot be a run's own name

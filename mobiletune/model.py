@@ -57,9 +57,15 @@ def preprocess_spec(arch: str, weights: str, image_size: int) -> dict:
     """Eval preprocessing (resize, crop, mean, std) from the weights' own transforms, scaled
     to `image_size` (the crop) with the same resize/crop ratio."""
     t = weights_enum(arch, weights).transforms()
-    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
-    return {"resize": round(image_size * resize / crop), "crop": int(image_size),
+    spec = {"resize": int(t.resize_size[0]), "crop": int(t.crop_size[0]),
             "mean": [float(m) for m in t.mean], "std": [float(s) for s in t.std]}
+    return rescale_preprocess(spec, image_size)
+
+
+def rescale_preprocess(pre: dict, image_size: int) -> dict:
+    """`pre` for another crop size, keeping its resize/crop ratio, mean and std."""
+    return {**pre, "resize": round(image_size * pre["resize"] / pre["crop"]),
+            "crop": int(image_size)}
 
 
 def _download_imagenet(arch: str) -> dict:
@@ -121,10 +127,15 @@ def build_model(arch: str, weights: str, num_classes: int, dropout: float = 0.2)
                                "to match the file, or use other weights.") from None
     head = model.classifier[-1]
     model.classifier[-1] = nn.Linear(head.in_features, num_classes)
-    for m in model.classifier:  # the Dropout right before the head
-        if isinstance(m, nn.Dropout):
-            m.p = dropout
+    set_dropout(model, dropout)
     return model
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set the rate of the classifier's Dropout (the one right before the head)."""
+    for m in model.classifier:
+        if isinstance(m, nn.Dropout):
+            m.p = p
 
 
 def num_blocks(model: nn.Module) -> int:

@@ -67,9 +67,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    # its upper bound depends on the arch: _check_cross names the right one
-    unfreeze: int = _key(0, "last N blocks of model.features to train; 0 = no finetune stage",
-                         lo=0)
+    # its range depends on the arch: config._check_cross checks it and names the right one
+    unfreeze: int = _key(0, "last N blocks of model.features to train; 0 = no finetune stage")
     epochs: int | None = _key(None, "finetune-stage epochs; auto = until val loss stops "
                               "improving", lo=1, hi=10000, kind=int, auto=True)
     lr: float = _key(1.0e-5, "finetune-stage learning rate", lo=0.0, hi=10.0, lo_open=True)

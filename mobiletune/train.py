@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,11 @@ from mobiletune.checkpoint import (FORMAT_VERSION, load_checkpoint, model_from_c
                                    save_checkpoint)
 from mobiletune.config import Config, config_from_dict, dump_yaml
 from mobiletune.data import ScanResult, read_splits, scan
-from mobiletune.errors import CheckpointError, TrainingInterrupted
+from mobiletune.errors import CheckpointError, ConfigError, TrainingInterrupted
 from mobiletune.finish import finish_run, fold_temperature
 from mobiletune.frozen.feeds import class_weights, make_feed
-from mobiletune.model import build_model, preprocess_spec
+from mobiletune.model import (boundary, build_model, preprocess_spec, rescale_preprocess,
+                              set_dropout)
 from mobiletune.fileio import write_csv, write_text
 from mobiletune.runs import new_run_dir, update_latest
 from mobiletune.stage import (AUTO_FINETUNE, AUTO_HEAD, AUTO_SCHEDULE, METRICS_HEADER,
@@ -31,17 +33,18 @@ from mobiletune.stage import (AUTO_FINETUNE, AUTO_HEAD, AUTO_SCHEDULE, METRICS_H
 
 
 def pick_device(name: str) -> torch.device:
-    """auto: cuda, then mps, then cpu."""
+    """auto: cuda, then mps, then cpu. A device this machine lacks is a ConfigError, raised
+    before any run directory exists."""
+    mps = getattr(torch.backends, "mps", None)
+    has = {"cpu": True, "cuda": torch.cuda.is_available(),
+           "mps": bool(mps and mps.is_available())}
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps and mps.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from mobiletune.errors import ConfigError
-
-        raise ConfigError("device is cuda, but this machine has no usable CUDA GPU; use "
-                          "--device cpu or auto.", key="device", value=name,
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
+    if not has.get(name, False):
+        what = {"cuda": "no usable CUDA GPU", "mps": "no Apple-silicon GPU (MPS)"}.get(name, name)
+        usable = ", ".join(d for d in ("auto", "cpu", "cuda", "mps") if has.get(d, True))
+        raise ConfigError(f"device is {name}, but this machine has {what}; use --device "
+                          f"cpu or auto (usable here: {usable}).", key="device", value=name,
                           choices=("auto", "cpu", "cuda", "mps"))
     return torch.device(name)
 
@@ -82,6 +85,7 @@ class Run:
     stage_index: int = 0
     state: StageState = dataclasses.field(default_factory=StageState)
     device: torch.device = torch.device("cpu")
+    started: bool = False  # an epoch finished here: the run is kept and `latest` points at it
 
     def log(self, text: str) -> None:
         if not dist.is_main():  # one writer: rank 0
@@ -117,6 +121,9 @@ class Run:
         if is_best:
             save_checkpoint(self.dir / "best.pt", self.checkpoint(resume=False))
         save_checkpoint(self.dir / "last.pt", self.checkpoint(resume=True))
+        if not self.started:
+            self.started = True
+            update_latest(self.dir)
         r = state.history[-1]
         self.log(f"{r.stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc "
                  f"{r.train_acc:.4f} val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f}"
@@ -127,13 +134,35 @@ class Run:
         return [r for r in self.history if r.stage not in names]
 
 
-def _start(cfg: Config, data: ScanResult, model: nn.Module, pre: dict, stages: list[StageSpec],
-           callbacks: Callbacks, device: torch.device) -> Run:
+def _launch(cfg: Config, data: ScanResult, model: nn.Module, pre: dict,
+            stages: list[StageSpec], callbacks: Callbacks, device: torch.device) -> Path:
+    """Check, make the run directory, train. The device is checked by the caller (before
+    anything is read); the stages' unfreeze ranges here, before a run directory exists. A
+    run that fails before its first epoch is removed again (it holds only what this call
+    wrote), so no empty run is left and `latest` keeps pointing at the last run that
+    trained. An interrupted run is kept: its last.pt resumes it."""
+    for spec in stages:
+        boundary(model, spec.unfreeze)
     # rank 0 makes the directory; every rank learns its name (or rank 0's error)
     run_dir = Path(dist.on_main(lambda: str(new_run_dir(cfg.output, cfg.name))))
     run = Run(run_dir, cfg, data, model, pre, stages, device=device)
+    try:
+        _start(run, callbacks)
+        return _execute(run, callbacks)
+    except TrainingInterrupted:
+        if dist.is_main():
+            update_latest(run.dir)
+        raise
+    except Exception:
+        if dist.is_main() and not run.started:
+            shutil.rmtree(run.dir, ignore_errors=True)
+        raise
+
+
+def _start(run: Run, callbacks: Callbacks) -> None:
     if not dist.is_main():
-        return run
+        return
+    run_dir, cfg, data = run.dir, run.cfg, run.data
     write_text(run_dir / "config.yaml", dump_yaml(cfg))
     write_csv(run_dir / "splits.csv", ["path", "label", "split"],
               [(s.path, data.classes[s.label], s.split) for s in data.samples])
@@ -146,9 +175,7 @@ def _start(cfg: Config, data: ScanResult, model: nn.Module, pre: dict, stages: l
         run.log(msg)
         callbacks.on_message(msg)
     save_checkpoint(run_dir / "last.pt", run.checkpoint(resume=True))
-    update_latest(run_dir)
     callbacks.on_message(f"run directory: {run_dir}")
-    return run
 
 
 def scan_config(cfg: Config, callbacks: Callbacks | None = None) -> ScanResult:
@@ -219,15 +246,33 @@ def train(cfg: Config, callbacks: Callbacks | None = None,
     torch.manual_seed(cfg.seed)  # the new head's initialization
     model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), cfg.model.dropout)
     pre = preprocess_spec(cfg.model.arch, cfg.model.weights, cfg.data.image_size)
-    run = _start(cfg, data, model, pre, plan(cfg), callbacks, device)
-    return _execute(run, callbacks)
+    return _launch(cfg, data, model, pre, plan(cfg), callbacks, device)
+
+
+def _refuse(command: str, keys: list[str], why: str) -> None:
+    if keys:
+        raise ConfigError(f"{command} cannot apply {', '.join(keys)}: {why}", key=keys[0],
+                          value=keys)
+
+
+def _unhonoured(cfg: Config, parent: dict, changes: dict[str, Any], same_data: bool) -> list[str]:
+    """Overrides `finetune` would record in config.yaml but not act on."""
+    old = config_from_dict(parent["config"])
+    bad = [k for k in ("train.epochs", "train.lr", "parent") if k in changes]
+    if "model.weights" in changes and cfg.model.weights != old.model.weights:
+        bad.append("model.weights")
+    if same_data and "data.val_split" in changes and cfg.data.val_split != old.data.val_split:
+        bad.append("data.val_split")
+    return bad
 
 
 def finetune(source: str | None, cfg_changes: dict[str, Any],
              callbacks: Callbacks | None = None) -> Path:
     """A new run that continues `source` (run dir, checkpoint, or runs/latest) with the
-    last N blocks unfrozen. `cfg_changes` is a nested dict of overrides."""
+    last N blocks unfrozen. `cfg_changes` maps dotted keys to overrides; one that finetune
+    cannot act on (the head stage's epochs and lr, other weights, another split) is refused."""
     from mobiletune.config import apply_overrides, absolutize
+    from mobiletune.schema import NUM_BLOCKS
 
     callbacks = callbacks or Callbacks()
     parent = load_checkpoint(source)
@@ -245,7 +290,16 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
     if cfg.model.arch != parent["arch"]:
         raise CheckpointError(f"{parent['path']} holds a {parent['arch']} model, not "
                               f"{cfg.model.arch}; drop --arch or start from a matching run.")
+    if not cfg.finetune.unfreeze:
+        n = NUM_BLOCKS[cfg.model.arch]
+        raise ConfigError(f"finetune with unfreeze 0 would train nothing; use --unfreeze 1-{n} "
+                          f"(the last N of the {n} blocks of {cfg.model.arch}).",
+                          key="finetune.unfreeze", value=0, choices=(1, n))
     same_data = cfg.data.root == parent["config"].get("data", {}).get("root")
+    _refuse("finetune", _unhonoured(cfg, parent, cfg_changes, same_data),
+            f"the model (weights included) comes from {parent['path']}, the train/val split "
+            "from its splits.csv (unless --data names other images), and no head stage runs. "
+            "Drop them, or train a new run with `mobiletune train`.")
     splits = parent_dir / "splits.csv"
     data = read_splits(splits, parent["class_names"]) if same_data and splits.is_file() \
         else scan_config(cfg)
@@ -255,19 +309,37 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
                               "classes (train a new run instead).")
     # the child trains from the parent's raw logits; its own temperature is fitted at the end
     model = fold_temperature(model_from_checkpoint(parent), 1.0 / parent.get("temperature", 1.0))
+    set_dropout(model, cfg.model.dropout)  # the parent's, unless overridden
+    pre = parent["preprocess"]
+    if cfg.data.image_size != pre["crop"]:  # trains (and predicts) at the size asked for
+        pre = rescale_preprocess(pre, cfg.data.image_size)
     device = dist.init(pick_device(cfg.device))
-    run = _start(cfg, data, model, parent["preprocess"], plan(cfg, head=False), callbacks,
-                 device)
-    return _execute(run, callbacks)
+    return _launch(cfg, data, model, pre, plan(cfg, head=False), callbacks, device)
 
 
-def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
-    """Continue an interrupted run from its last.pt, in the same directory."""
-    callbacks = callbacks or Callbacks()
+# what may change when a run resumes: where it runs, not what it computes
+RESUME_KEYS = ("device", "data.workers")
+
+
+def resume(run_dir: str | Path, callbacks: Callbacks | None = None,
+           changes: dict[str, Any] | None = None) -> Path:
+    """Continue an interrupted run from its last.pt, in the same directory. `changes` may
+    set only RESUME_KEYS; any other override is refused."""
+    from mobiletune.config import apply_overrides
+
+    callbacks, changes = callbacks or Callbacks(), dict(changes or {})
+    _refuse("--resume", [k for k in changes if k not in RESUME_KEYS],
+            f"a resumed run continues exactly as configured (only device and data.workers "
+            f"may change). To train on with other settings, start a new run from it: "
+            f"`mobiletune finetune --from {run_dir} ...`.")
     ckpt = load_checkpoint(run_dir, "last.pt")
     if "resume" not in ckpt:
         raise CheckpointError(f"{ckpt['path']} holds no resume state.")
-    cfg = config_from_dict(ckpt["config"], f"the config stored in {ckpt['path']}")
+    source = f"the config stored in {ckpt['path']}"
+    stored = config_from_dict(ckpt["config"], source)
+    cfg = config_from_dict(apply_overrides(ckpt["config"], list(changes.items())), source,
+                           cli=changes)
+    device = dist.init(pick_device(cfg.device))  # before anything changes in the run
     splits = Path(ckpt["path"]).parent / "splits.csv"
     data = read_splits(splits, ckpt["class_names"]) if splits.is_file() else scan_config(cfg)
     if list(data.classes) != list(ckpt["class_names"]):  # else labels overrun the head
@@ -275,7 +347,6 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
                               f"{cfg.data.root} now holds {data.classes}; restore the class "
                               "folders to resume, or start a new run.")
     model = model_from_checkpoint(ckpt)
-    device = dist.init(pick_device(cfg.device))
     r = ckpt["resume"]
     from mobiletune.stage import EpochResult
 
@@ -285,7 +356,9 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None) -> Path:
     if run.stage_index >= len(run.stages):
         callbacks.on_message(f"{run.dir} already finished; nothing to resume.")
         return run.dir
-    run.log("resumed")
+    run.log("resumed" + "".join(f", {k} = {v}" for k, v in changes.items()))
+    if cfg != stored and dist.is_main():  # config.yaml records what runs
+        write_text(run.dir / "config.yaml", dump_yaml(cfg))
     for w in data.warnings:
         run.log(f"warning: {w}")
         callbacks.on_message(f"warning: {w}")

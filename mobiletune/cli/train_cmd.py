@@ -73,18 +73,19 @@ def train(
     from mobiletune import train as pipeline
     from mobiletune.folds import train_folds
 
+    pairs = c.common_pairs(arch, weights, data, batch_size, image_size, device, seed, out,
+                           workers, name)
+    pairs.update({"train.epochs": epochs, "train.lr": lr})
+    changes = c.overrides(pairs, set_)
     if resume is not None:
         if config is not None:
             raise ConfigError("--resume continues a run with its stored config; drop --config.")
         if folds is not None:
             raise ConfigError("--resume continues one run; drop --folds.", key="folds",
                               value=folds)
-        _finish(pipeline.resume(resume, RichCallbacks(quiet)))
+        _finish(pipeline.resume(resume, RichCallbacks(quiet), dict(changes)))
         return
-    pairs = c.common_pairs(arch, weights, data, batch_size, image_size, device, seed, out,
-                           workers, name)
-    pairs.update({"train.epochs": epochs, "train.lr": lr})
-    cfg = load_config(config, c.overrides(pairs, set_))
+    cfg = load_config(config, changes)
     if folds is not None:
         _finish_folds(train_folds(cfg, folds, RichCallbacks(quiet)))
         return
