@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from mobiletune.data import IMAGE_EXTENSIONS
+from mobiletune.data import IMAGE_EXTENSIONS, list_files
 from mobiletune.errors import DataError
 
 _N = 32  # pHash works on a 32x32 greyscale thumbnail and keeps the 8x8 lowest frequencies
@@ -132,27 +132,22 @@ def _inspect(info: ImageInfo) -> ImageInfo:
 
 
 def _collect(root: Path) -> tuple[str, list[ImageInfo], list[tuple[str, str]], dict]:
-    """(layout, candidate images, ignored files, {split: class names}) of a data folder."""
-    has_split = (root / "train").is_dir() and (root / "val").is_dir()
-    groups = [("train", root / "train"), ("val", root / "val")] if has_split else [("all", root)]
+    """(layout, candidate images, ignored files, {split: class names}) of a data folder,
+    found by the same walker as training (`data.list_files`), so both see the same files."""
+    listing = list_files(root)
     infos: list[ImageInfo] = []
-    ignored: list[tuple[str, str]] = []
+    ignored = list(listing.skipped)
     classes: dict[str, list[str]] = {}
-    for split, folder in groups:
-        for f in sorted(p for p in folder.iterdir() if p.is_file()):
-            ignored.append((str(f.absolute()), "not inside a class folder"))
-        class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        classes[split] = [d.name for d in class_dirs]
-        for d in class_dirs:
-            for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    f = Path(dirpath) / name
-                    if name.startswith(".") or f.suffix.lower() not in IMAGE_EXTENSIONS:
-                        ignored.append((str(f.absolute()), "not an image file"))
-                    else:
-                        infos.append(ImageInfo(str(f.absolute()), d.name, split))
-    return ("train/val" if has_split else "flat"), infos, ignored, classes
+    for split, per_class in listing.files.items():
+        classes[split] = list(per_class)
+        for cls, paths in per_class.items():
+            for f in paths:
+                if os.path.basename(f).startswith(".") or \
+                        os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS:
+                    ignored.append((f, "not an image file"))
+                else:
+                    infos.append(ImageInfo(f, cls, split))
+    return listing.layout, infos, ignored, classes
 
 
 def _collect_csv(path: Path) -> tuple[str, list[ImageInfo], list[tuple[str, str]], dict]:

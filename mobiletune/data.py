@@ -1,4 +1,4 @@
-"""Folder scanning, the train/val split, decoding, and transforms.
+"""The data folder: the one walker, scanning, the train/val split, splits.csv, decoding.
 
 Every file under the data root ends up either as a Sample (in splits.csv) or in `skipped`
 with a reason (skipped.csv), so nothing a user put there silently disappears.
@@ -223,6 +223,37 @@ def _replay(steps: list[Step], probed: dict[Path, str | None],
     return found
 
 
+@dataclass
+class Listing:
+    """Every file under a data root, by split and class, before any decoding."""
+
+    layout: str  # "train/val" (root/train/<class>, root/val/<class>) or "flat" (root/<class>)
+    files: dict[str, dict[str, list[str]]]  # "train" | "val" | "all" -> class -> paths
+    skipped: list[tuple[str, str]]
+
+
+def list_files(root: str | os.PathLike) -> Listing:
+    """What `scan` walks (the same walker: check-data and evaluate use it), without decoding:
+    symlinks followed, never around a loop or twice; files outside class folders and in
+    hidden folders are `skipped`."""
+    root = Path(root)
+    has_split = (root / "train").is_dir()
+    folders = {"train": root / "train", "val": root / "val"} if has_split else {"all": root}
+    scanned = [os.path.realpath(f) for f in folders.values()]
+    seen: set[str] = set()
+    skipped: list[tuple[str, str]] = []
+    if has_split:
+        _account_outside(root, scanned, seen, skipped)
+    files = {}
+    for key, folder in folders.items():
+        if folder.is_dir():
+            steps = _class_steps(folder, scanned, seen)
+            skipped += [s[1] for s in steps if s[0] == "skip"]
+            files[key] = {s[1]: [str(f.absolute()) for f in s[2]] for s in steps
+                          if s[0] == "class"}
+    return Listing("train/val" if has_split else "flat", files, skipped)
+
+
 def _account_outside(root: Path, scanned: list[str], seen: set[str],
                      skipped: list[tuple[str, str]]) -> None:
     """With train/ and val/ folders, anything else under the root is listed, never used."""
@@ -260,8 +291,10 @@ def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
         return scan_labels(labels, val_split, seed, on_progress)
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"Data folder {root} not found. Set data.root (or --data) to a folder "
-                        "holding one sub-folder per class, or train/ and val/ folders.")
+        raise DataError(f"Data folder {root} not found. Put your images in {root}/<class>/ "
+                        f"(one sub-folder per class) or in {root}/train/<class>/ and "
+                        f"{root}/val/<class>/, or point --data (data.root) at the folder that "
+                        "holds them; `mobiletune check-data DIR` shows what a folder holds.")
     skipped: list[tuple[str, str]] = []
     warn: list[str] = []
     has_split = (root / "train").is_dir()
@@ -300,30 +333,39 @@ def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
     return ScanResult(classes, samples, skipped, warn)
 
 
-def read_splits(path: str | os.PathLike, classes: list[str]) -> ScanResult:
-    """The split a run used, from its splits.csv, so that resume and finetune train and
-    validate on exactly the same images whatever was added to the folder since (a fresh
-    scan would move new images into both splits and leak old val images into train)."""
+def read_splits(path: str | os.PathLike, classes: list[str],
+                need: tuple[str, ...] = ("train", "val")) -> ScanResult:
+    """The split a run used, from its splits.csv (the one reader: resume, finetune, evaluate
+    and export use it), so that they see exactly the run's images whatever was added to the
+    folder since (a fresh scan would move new images into both splits and leak old val
+    images into train). Images that no longer exist are left out, listed in `skipped`;
+    each split in `need` must keep at least one."""
     index = {c: i for i, c in enumerate(classes)}
     try:
         with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise DataError(f"Cannot read {path} ({e.strerror or e}).") from None
+    except csv.Error as e:
+        raise DataError(f"{path} is not a path,label,split table ({e}); start a new run "
+                        "instead, or pass the data folder with --data.") from None
     samples, gone = [], []
     for r in rows:
         if r.get("label") not in index or r.get("split") not in ("train", "val") or not r.get("path"):
-            raise DataError(f"{path} is damaged (row {dict(r)}); start a new run instead.")
+            raise DataError(f"{path} is damaged or from another run (row {dict(r)}; the model "
+                            f"knows {', '.join(classes)}); start a new run, or pass the data "
+                            "folder with --data.")
         if os.path.isfile(r["path"]):
             samples.append(Sample(r["path"], index[r["label"]], r["split"]))
         else:
-            gone.append(r["path"])
-    res = ScanResult(list(classes), samples)
+            gone.append((r["path"], "listed in splits.csv, no longer exists"))
+    res = ScanResult(list(classes), samples, skipped=gone)
     if gone:
         res.warnings.append(f"{len(gone)} image(s) listed in {path} no longer exist and are "
-                            f"left out (first: {gone[0]})")
-    if not res.of("train") or not res.of("val"):
-        raise DataError(f"{path} leaves no training or no validation images that still exist.")
+                            f"left out (first: {gone[0][0]})")
+    empty = [s for s in need if not res.of(s)]
+    if empty:
+        raise DataError(f"{path} leaves no {' and no '.join(empty)} images that still exist.")
     return res
 
 

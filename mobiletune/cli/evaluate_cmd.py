@@ -2,66 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from mobiletune.cli.app import app, err, guarded, out
-
-
-def _folder_images(data: Path, class_names: list[str]) -> tuple[list[str], list[int], str]:
-    """DATA/val/<class>/* when DATA has a val/ folder, else every image in DATA/<class>/*."""
-    from mobiletune.data import IMAGE_EXTENSIONS
-    from mobiletune.errors import DataError
-
-    if not data.is_dir():
-        raise DataError(f"--data {data} is not a folder. Pass a folder of class folders "
-                        "(DIR/<class>/*.jpg) or a data root with DIR/val/<class>/.")
-    folder = data / "val" if (data / "val").is_dir() else data
-    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [d.name for d in dirs if d.name not in class_names]
-    if unknown:
-        raise DataError(f"{folder} has class folder(s) {', '.join(unknown)} that the model does "
-                        f"not know; it was trained on {', '.join(class_names)}.")
-    paths, labels = [], []
-    for d in dirs:
-        files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith(".")
-                       and f.suffix.lower() in IMAGE_EXTENSIONS)
-        paths += [str(f.absolute()) for f in files]
-        labels += [class_names.index(d.name)] * len(files)
-    return paths, labels, str(folder.absolute())
-
-
-def _split_images(run_dir: Path, class_names: list[str]) -> tuple[list[str], list[int], str]:
-    """The run's validation images from its splits.csv (split = val)."""
-    from mobiletune.errors import DataError
-
-    path = run_dir / "splits.csv"
-    if not path.is_file():
-        raise DataError(f"{run_dir} has no splits.csv, so its validation images are unknown. "
-                        "Pass a folder of labelled images with --data DIR.")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("split") == "val"]
-    bad = sorted({r["label"] for r in rows if r["label"] not in class_names})
-    if bad:
-        raise DataError(f"{path} names label(s) {', '.join(bad)} that the checkpoint does not "
-                        f"know ({', '.join(class_names)}); is it the same run?")
-    return [r["path"] for r in rows], [class_names.index(r["label"]) for r in rows], \
-        f"{path} (val)"
-
-
-def _open_model(checkpoint: Optional[str]) -> tuple[Any, list[str], Path, dict[str, Any]]:
-    """(predictor, class names, run directory, report info) for any model `predict`
-    takes: a run, a .pt checkpoint, or an export (its run is the folder above export/)."""
-    from mobiletune.predict import load
-
-    predictor = load(checkpoint)
-    info = predictor.info
-    model = Path(info.get("checkpoint") or info["model"]).absolute()
-    run = model.parent.parent if model.parent.name == "export" else model.parent
-    return predictor, list(predictor.class_names), run, info
 
 
 def _print_summary(m: dict[str, Any], files: dict[str, Path]) -> None:
@@ -92,46 +38,25 @@ def _print_summary(m: dict[str, Any], files: dict[str, Path]) -> None:
 def evaluate(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory, .pt file or exported .onnx (default: runs/latest/best.pt)"),
     data: Optional[str] = typer.Option(None, "--data", help="labelled images to evaluate on: DIR/val/<class>/* if DIR has val/, else DIR/<class>/* (default: the run's val split from splits.csv)"),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="where to write metrics.json, confusion_matrix.csv/.png, report.html (default: <run>/eval)"),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="where to write metrics.json, confusion_matrix.csv/.png, report.html (default: a new <run>/eval, then eval-2, ...)"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per forward pass"),
     gallery: int = typer.Option(24, "--gallery", min=0, help="most confidently wrong images shown in report.html"),
+    force: bool = typer.Option(False, "--force", help="replace the results in --out (or <run>/eval) instead of refusing / writing a new folder"),
 ) -> None:
     """Evaluate a checkpoint: accuracy, per-class scores, confusion matrix, calibration, report."""
-    import numpy as np
     from rich.progress import Progress
 
-    from mobiletune.errors import DataError
-    from mobiletune.evaluation.calibration import calibration_errors
-    from mobiletune.evaluation.metrics import classification_metrics
-    from mobiletune.evaluation.report import write_evaluation
-    from mobiletune.explain import overlay_fn
+    from mobiletune.evaluation.evaluate import evaluate as run_evaluation
 
-    predictor, names, run_dir, info = _open_model(checkpoint)
-    paths, labels, source = (_folder_images(Path(data), names) if data
-                             else _split_images(run_dir, names))
-    if not paths:
-        raise DataError(f"{source} holds no images to evaluate on.")
     with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("evaluating", total=len(paths))
-        probs, errors = predictor.predict_probs(paths, batch_size, lambda n: bar.advance(task, n))
-    ok = [i for i in range(len(paths)) if not np.isnan(probs[i]).any()]
-    if not ok:
-        raise DataError(f"None of the {len(paths)} image(s) from {source} could be read "
-                        f"(first: {errors[0][0]}: {errors[0][1]}).")
-    for p, e in errors[:5]:
+        task = bar.add_task("evaluating", total=None)
+        res = run_evaluation(checkpoint, data, out_dir, batch_size=batch_size, gallery=gallery,
+                             force=force, on_total=lambda n: bar.update(task, total=n),
+                             on_batch=lambda n: bar.advance(task, n))
+    for p, e in res.errors[:5]:
         err.print(f"[yellow]skipped[/] {p}: {e}", highlight=False)
-    if errors:
-        err.print(f"[yellow]{len(errors)} of {len(paths)} image(s) could not be read and are "
+    if res.errors:
+        n = len(res.errors) + res.metrics["num_samples"]
+        err.print(f"[yellow]{len(res.errors)} of {n} image(s) could not be read and are "
                   "left out of the metrics.[/]")
-    paths, labels, probs = [paths[i] for i in ok], [labels[i] for i in ok], probs[ok]
-    metrics = classification_metrics(probs, labels, names)
-    # on the run's own val split the temperature was fitted there: ece is cross-fitted
-    metrics.update(calibration_errors(probs, labels, info.get("temperature"), not data))
-    metrics["source"] = source
-    metrics["unreadable"] = [{"path": p, "error": e} for p, e in errors]
-    info = {**info, "data": source, "unreadable": len(errors) or None}
-    target = Path(out_dir) if out_dir else run_dir / "eval"
-    files = write_evaluation(target, metrics, paths, labels, probs, names, info,
-                             metrics_csv=run_dir / "metrics.csv", gallery=gallery,
-                             explain=overlay_fn(predictor))
-    _print_summary(metrics, files)
+    _print_summary(res.metrics, res.files)

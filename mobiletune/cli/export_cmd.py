@@ -57,6 +57,7 @@ def export(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory or .pt file (default: runs/latest/best.pt)"),
     data: Optional[str] = typer.Option(None, "--data", help="data folder for the parity check and int8 calibration (default: the run's splits.csv)"),
     max_drop: float = typer.Option(0.03, "--max-drop", min=0.0, max=1.0, help="refuse the int8 model when its val accuracy is more than this below the float model's"),
+    force: bool = typer.Option(False, "--force", help="replace an existing file at --out (or <run>/export/) instead of refusing / writing export-2/"),
 ) -> None:
     """Export a checkpoint for deployment, with class names and preprocessing in the file,
     load it back in its runtime and check it against the PyTorch model on the run's
@@ -67,7 +68,7 @@ def export(
     ckpt = load_checkpoint(checkpoint)
     report = export_checkpoint(
         ckpt, format.lower(), out_path, int8=int8, data=data, max_drop=max_drop,
-        uint8_input=uint8_input,
+        uint8_input=uint8_input, force=force,
         progress=lambda msg: err.print(f"[dim]{msg}...[/]", highlight=False))
     if report.images:
         out.print(_report_table(report))

@@ -8,7 +8,6 @@ the run (its splits.csv, or `--data`), decoded once and fed to every model side 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiletune.data import Sample, load_image, scan
+from mobiletune.data import Sample, load_image, read_splits, scan
 from mobiletune.transforms import eval_transform
 from mobiletune.errors import ConfigError, DataError, MobiletuneError
 from mobiletune.deploy.backends import load_torchscript
@@ -68,14 +67,7 @@ def _run_samples(run_dir: Path, class_names: list[str]) -> list[Sample]:
     if not csv_path.is_file():
         raise DataError(f"{run_dir} has no splits.csv to take check images from; pass the "
                         "data folder with --data DIR.")
-    index = {c: i for i, c in enumerate(class_names)}
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            return [Sample(r["path"], index.get(r["label"], -1), r["split"])
-                    for r in csv.DictReader(f)]
-    except (KeyError, csv.Error, UnicodeDecodeError) as e:
-        raise DataError(f"{csv_path} is not a path,label,split table ({type(e).__name__}: {e}); "
-                        "pass the data folder with --data DIR.") from None
+    return read_splits(csv_path, class_names, need=("val",)).samples
 
 
 def _folder_samples(data: str, ckpt: dict) -> list[Sample]:
@@ -260,21 +252,41 @@ def _write(model: nn.Module, fmt: str, path: Path, meta: dict[str, str], size: i
     return torch_runner(load_torchscript(path)[0])
 
 
-def _target(ckpt: dict, fmt: str, out: str | Path | None, uint8_input: bool) -> Path:
+def _target(ckpt: dict, fmt: str, out: str | Path | None, uint8_input: bool,
+            int8: bool = False, force: bool = False) -> Path:
+    """Where the export goes, never onto an earlier one: by default `<run>/export/`, then
+    `export-2/`, ... (the first folder where neither the file nor its int8 sibling exists);
+    an `out` that names an existing file is replaced only with `force`."""
     name = "model.uint8.onnx" if uint8_input else FILE_NAMES[fmt]
-    path = Path(out) if out else default_path(ckpt, fmt).with_name(name)
-    return path / name if path.is_dir() and path.suffix != ".mlpackage" else path
+
+    def taken(path: Path) -> list[Path]:
+        return [p for p in (path, int8_path_for(path))[:1 + int8] if p.exists()]
+
+    if not out:
+        base = default_path(ckpt, fmt).parent
+        for i in range(1, 10000):
+            path = (base if i == 1 else base.with_name(f"{base.name}-{i}")) / name
+            if force or not taken(path):
+                return path
+    path = Path(out)
+    path = path / name if path.is_dir() and path.suffix != ".mlpackage" else path
+    if taken(path) and not force:
+        raise ConfigError(f"{taken(path)[0]} exists; export never replaces an earlier export. "
+                          "Pick another --out, or pass --force to replace it.", key="--out",
+                          value=str(taken(path)[0]))
+    return path
 
 
 def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, int8: bool = False,
                       data: str | None = None, max_drop: float = 0.03,
-                      uint8_input: bool = False,
+                      uint8_input: bool = False, force: bool = False,
                       progress: Callable[[str], None] = lambda _msg: None,
                       latency_budget_s: float = 1.0) -> ExportReport:
     """Export `ckpt` as `fmt` (onnx | torchscript | tflite | coreml), check parity on
     validation images, and with `int8` also quantize (refused when accuracy drops by more
     than `max_drop`). tflite, coreml and onnx with `uint8_input` are apps' formats
-    (`deploy.mobile`): uint8 image in, probabilities out."""
+    (`deploy.mobile`): uint8 image in, probabilities out. An earlier export is never
+    replaced (see `_target`) unless `force`."""
     from mobiletune.checkpoint import model_from_checkpoint
     from mobiletune.profile import time_ms
 
@@ -283,13 +295,14 @@ def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, in
         from mobiletune.deploy.mobile import check_options, export_mobile
 
         check_options(fmt, int8)  # a missing extra is reported before any work
-        return export_mobile(ckpt, fmt, _target(ckpt, fmt, out, uint8_input), int8=int8,
+        target = _target(ckpt, fmt, out, uint8_input, int8, force)
+        return export_mobile(ckpt, fmt, target, int8=int8,
                              data=data, max_drop=max_drop, progress=progress,
                              latency_budget_s=latency_budget_s)
     torch.set_flush_denormal(True)
     model, meta, pre = model_from_checkpoint(ckpt), metadata(ckpt), ckpt["preprocess"]
     train, val = check_samples(ckpt, data)  # before writing anything: fail early
-    path = _target(ckpt, fmt, out, False)
+    path = _target(ckpt, fmt, out, False, int8, force)
     progress(f"writing {path}")
     runners = {"pytorch": torch_runner(model), fmt: _write(model, fmt, path, meta, pre["crop"])}
     sizes = {"pytorch": state_dict_bytes(model), fmt: os.path.getsize(path)}
