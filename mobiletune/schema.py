@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 ARCHS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+EXPORT_FORMATS = ("onnx", "torchscript", "tflite", "coreml")  # deploy.export.FILE_NAMES
 # len(model.features) per arch: the range of `finetune.unfreeze`.
 NUM_BLOCKS = {"mobilenet_v2": 19, "mobilenet_v3_small": 13, "mobilenet_v3_large": 17}
 
@@ -80,7 +82,7 @@ class Config:
     name: str = _key("run", "run name: runs go to <output>/<name>, <name>-2, ...")
     output: str = _key("runs", "folder that holds run directories")
     seed: int = _key(0, "random seed (split, augmentation, init, order)", lo=0, hi=2**31 - 1)
-    device: str = _key("auto", "auto | cpu | cuda | mps", choices=("auto", "cpu", "cuda", "mps"))
+    device: str = _key("auto", "auto | cpu | cuda | mps", choices=DEVICES)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

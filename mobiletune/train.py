@@ -27,6 +27,7 @@ from mobiletune.model import (boundary, build_model, preprocess_spec, rescale_pr
                               set_dropout)
 from mobiletune.fileio import write_csv, write_text
 from mobiletune.runs import new_run_dir, update_latest
+from mobiletune.schema import DEVICES
 from mobiletune.stage import (AUTO_FINETUNE, AUTO_HEAD, AUTO_SCHEDULE, METRICS_HEADER,
                               Callbacks, StageSpec, StageState, fit_stage, stage_threads,
                               state_from_dict, state_to_dict)
@@ -42,10 +43,10 @@ def pick_device(name: str) -> torch.device:
         return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
     if not has.get(name, False):
         what = {"cuda": "no usable CUDA GPU", "mps": "no Apple-silicon GPU (MPS)"}.get(name, name)
-        usable = ", ".join(d for d in ("auto", "cpu", "cuda", "mps") if has.get(d, True))
+        usable = ", ".join(d for d in DEVICES if has.get(d, True))
         raise ConfigError(f"device is {name}, but this machine has {what}; use --device "
                           f"cpu or auto (usable here: {usable}).", key="device", value=name,
-                          choices=("auto", "cpu", "cuda", "mps"))
+                          choices=DEVICES)
     return torch.device(name)
 
 

@@ -22,8 +22,16 @@ from mobiletune.interrupts import INTERRUPT
 
 app = typer.Typer(
     name="mobiletune", no_args_is_help=True, add_completion=False,
-    pretty_exceptions_enable=False, rich_markup_mode=None,
+    pretty_exceptions_enable=False, rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Adapt a pretrained MobileNet (V2, V3-Small, V3-Large) to your own images.")
+class PlainUsage(typer.core.TyperCommand):
+    """Usage lines as users write them: `predict [OPTIONS] PATH...`, not `{PATH}...`."""
+
+    def collect_usage_pieces(self, ctx):
+        return [p.replace("{", "").replace("}", "") for p in super().collect_usage_pieces(ctx)]
+
+
 out = Console()  # results: tables, JSON
 err = Console(stderr=True)  # progress, warnings, errors
 
@@ -164,6 +172,6 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()
+        app(prog_name="mobiletune")  # also under `python -m mobiletune`
     except KeyboardInterrupt:
         sys.exit(130)

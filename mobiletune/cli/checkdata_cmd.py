@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from mobiletune.cli.app import app, err, guarded, out
+from mobiletune.cli.app import PlainUsage, app, err, guarded, out
 
 
 def _counts_table(report: Any) -> Any:
@@ -52,10 +52,14 @@ def _print_findings(report: Any) -> None:
                   f"{report.ignored[0][0]}[/]", highlight=False)
 
 
-@app.command("check-data")
+@app.command("check-data", cls=PlainUsage, epilog="""Examples:
+
+  mobiletune check-data data/cats
+
+  mobiletune check-data data/cats --json --max-distance 4""")
 @guarded
 def check_data(
-    folder: str = typer.Argument(..., help="data root: DIR/train/<class> + DIR/val/<class>, or DIR/<class>; or a labels CSV (path,label[,split])"),
+    folder: str = typer.Argument(..., metavar="DIR", help="data root: DIR/train/<class> + DIR/val/<class>, or DIR/<class>; or a labels CSV (path,label[,split])"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
     min_size: int = typer.Option(64, "--min-size", min=1, help="flag images whose shorter side is under this many pixels"),
     max_imbalance: float = typer.Option(3.0, "--max-imbalance", min=1.0, help="flag a split whose largest class has more than this many times the images of its smallest"),

@@ -1,25 +1,49 @@
-"""Options shared by `train` and `finetune`, and their mapping onto config keys."""
+"""Options shared by `train` and `finetune`, and their mapping onto config keys.
+
+Choices come from the schema (one declaration), as `Literal` types so `--help` lists them
+and a wrong value names them; an option whose default comes from the config says which key.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 
 from mobiletune.config import parse_override
+from mobiletune.schema import ARCHS, DEVICES
 
-FROM_CONFIG = "default: from the config"
-Arch = typer.Option(None, "--arch", help=f"mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large ({FROM_CONFIG})")
-Weights = typer.Option(None, "--weights", help=f"imagenet | none | path/to/state_dict.pth ({FROM_CONFIG})")
-Data = typer.Option(None, "--data", help=f"data folder ({FROM_CONFIG})")
-BatchSize = typer.Option(None, "--batch-size", help=f"images per step ({FROM_CONFIG})")
-ImageSize = typer.Option(None, "--image-size", help=f"crop size in pixels ({FROM_CONFIG})")
-Device = typer.Option(None, "--device", help=f"auto | cpu | cuda | mps ({FROM_CONFIG})")
-Seed = typer.Option(None, "--seed", help=f"random seed ({FROM_CONFIG})")
-Out = typer.Option(None, "--out", help=f"folder for run directories ({FROM_CONFIG})")
-Workers = typer.Option(None, "--workers", help=f"decode processes, auto or a number ({FROM_CONFIG})")
-Name = typer.Option(None, "--name", help=f"run name ({FROM_CONFIG})")
-Set = typer.Option(None, "--set", help="section.key=value for any config key; repeatable")
+ArchName = Literal[ARCHS]  # type: ignore[valid-type]  # the schema's tuple, spelled once
+DeviceName = Literal[DEVICES]  # type: ignore[valid-type]
+
+DATA, MODEL, TRAINING, OUTPUT, RUN = "Data", "Model", "Training", "Output", "Config and run"
+
+
+def from_config(key: str, help: str, *decls: str, panel: str) -> Any:
+    """An option that overrides config key `key` (default: the config's value)."""
+    return typer.Option(None, *decls, help=help, show_default=f"from config: {key}",
+                        rich_help_panel=panel)
+
+
+Arch = from_config("model.arch", "backbone architecture", "--arch", panel=MODEL)
+Weights = from_config("model.weights", "imagenet | none | path/to/state_dict.pth (offline: a "
+                      "local file)", "--weights", panel=MODEL)
+Data = from_config("data.root", "data folder: DIR/<class>/* or DIR/train/<class>/* + "
+                   "DIR/val/<class>/*", "--data", panel=DATA)
+BatchSize = from_config("data.batch_size", "images per step", "--batch-size", panel=DATA)
+ImageSize = from_config("data.image_size", "crop size in pixels", "--image-size", panel=DATA)
+Workers = from_config("data.workers", "decode processes: auto or a number", "--workers",
+                      panel=DATA)
+Device = from_config("device", "where to train (auto: cuda, then mps, then cpu)", "--device",
+                     panel=TRAINING)
+Seed = from_config("seed", "random seed (split, init, augmentation, order)", "--seed",
+                   panel=TRAINING)
+Out = from_config("output", "folder for run directories", "--out", panel=OUTPUT)
+Name = from_config("name", "run name: <out>/<name>, then <name>-2, ...", "--name", panel=OUTPUT)
+Set = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", show_default=False,
+                   rich_help_panel=RUN, help="any config key (see configs/cats.yaml); repeatable")
+Quiet = typer.Option(False, "--quiet", "-q", rich_help_panel=OUTPUT,
+                     help="no progress bars or stage tables")
 
 
 def overrides(pairs: dict[str, Any], sets: Optional[list[str]]) -> list[tuple[str, Any]]:

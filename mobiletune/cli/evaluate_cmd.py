@@ -33,12 +33,18 @@ def _print_summary(m: dict[str, Any], files: dict[str, Path]) -> None:
     out.print(f"wrote {', '.join(files)} to {next(iter(files.values())).parent}", highlight=False)
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+  mobiletune evaluate                                  (runs/latest on its val split)
+
+  mobiletune evaluate --checkpoint runs/cats/export/model.int8.onnx
+
+  mobiletune evaluate --checkpoint runs/cats --data photos/ --out eval-photos""")
 @guarded
 def evaluate(
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory, .pt file or exported .onnx (default: runs/latest/best.pt)"),
-    data: Optional[str] = typer.Option(None, "--data", help="labelled images to evaluate on: DIR/val/<class>/* if DIR has val/, else DIR/<class>/* (default: the run's val split from splits.csv)"),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="where to write metrics.json, confusion_matrix.csv/.png, report.html (default: a new <run>/eval, then eval-2, ...)"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", show_default="runs/latest/best.pt", help="run directory, .pt file or an export (.onnx, TorchScript)"),
+    data: Optional[str] = typer.Option(None, "--data", show_default="the run's val split (splits.csv)", help="labelled images to evaluate on: DIR/val/<class>/* if DIR has train/ and val/, else DIR/<class>/*"),
+    out_dir: Optional[str] = typer.Option(None, "--out", show_default="a new <run>/eval, then eval-2, ...", help="folder for metrics.json, confusion_matrix.csv/.png, report.html"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per forward pass"),
     gallery: int = typer.Option(24, "--gallery", min=0, help="most confidently wrong images shown in report.html"),
     force: bool = typer.Option(False, "--force", help="replace the results in --out (or <run>/eval) instead of refusing / writing a new folder"),

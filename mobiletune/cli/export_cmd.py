@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import typer
 
 from mobiletune.cli.app import app, err, guarded, out
+from mobiletune.schema import EXPORT_FORMATS
 
 if TYPE_CHECKING:  # torch stays out of `--help`
     from mobiletune.deploy.export import ExportReport
@@ -47,17 +48,23 @@ def _summary(r: ExportReport, max_drop: float) -> str:
     return "\n".join(lines)
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+  mobiletune export --format onnx                      (runs/latest -> runs/<run>/export/model.onnx)
+
+  mobiletune export --format onnx --int8 --checkpoint runs/cats
+
+  mobiletune export --format torchscript --out model.pt""")
 @guarded
 def export(
-    format: str = typer.Option(..., "--format", help="onnx | torchscript | tflite (extra mobiletune[tflite]) | coreml (extra mobiletune[coreml])"),
+    format: Literal[EXPORT_FORMATS] = typer.Option(..., "--format", case_sensitive=False, help="file format (tflite: extra mobiletune[tflite]; coreml: extra mobiletune[coreml])"),  # type: ignore[valid-type]
     int8: bool = typer.Option(False, "--int8", help="also write a static int8 model (<name>.int8.onnx or .int8.tflite beside the float one), calibrated on the run's training images"),
     uint8_input: bool = typer.Option(False, "--uint8-input", help="onnx: take the uint8 NHWC center crop and give probabilities, like tflite (model.uint8.onnx)"),
-    out_path: Optional[str] = typer.Option(None, "--out", help="output file, or a folder for model.onnx / model.pt / model.tflite / model.mlpackage in it (default: <run>/export/)"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory or .pt file (default: runs/latest/best.pt)"),
-    data: Optional[str] = typer.Option(None, "--data", help="data folder for the parity check and int8 calibration (default: the run's splits.csv)"),
+    out_path: Optional[str] = typer.Option(None, "--out", show_default="<run>/export/, then export-2/ ...", help="output file, or a folder for model.onnx / model.pt / model.tflite / model.mlpackage in it"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", show_default="runs/latest/best.pt", help="run directory or .pt file"),
+    data: Optional[str] = typer.Option(None, "--data", show_default="the run's splits.csv", help="data folder for the parity check and int8 calibration"),
     max_drop: float = typer.Option(0.03, "--max-drop", min=0.0, max=1.0, help="refuse the int8 model when its val accuracy is more than this below the float model's"),
-    force: bool = typer.Option(False, "--force", help="replace an existing file at --out (or <run>/export/) instead of refusing / writing export-2/"),
+    force: bool = typer.Option(False, "--force", help="replace an existing file at --out (or in <run>/export/) instead of refusing (or writing export-2/)"),
 ) -> None:
     """Export a checkpoint for deployment, with class names and preprocessing in the file,
     load it back in its runtime and check it against the PyTorch model on the run's

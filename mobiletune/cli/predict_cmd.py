@@ -8,14 +8,18 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from mobiletune.cli.app import app, err, guarded, out
+from mobiletune.cli.app import PlainUsage, app, err, guarded, out
 
 
-@app.command()
+@app.command(cls=PlainUsage, epilog="""Examples:
+
+  mobiletune predict photo.jpg holiday/ --top-k 3
+
+  mobiletune predict "shots/*.png" --json --checkpoint runs/cats/export/model.onnx""")
 @guarded
 def predict(
-    paths: list[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory, .pt checkpoint, or an exported .onnx, .tflite or TorchScript file (default: runs/latest/best.pt)"),
+    paths: list[str] = typer.Argument(..., metavar="PATH", help="image files, folders (recursive) or globs"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", show_default="runs/latest/best.pt", help="run directory, .pt checkpoint, or an exported .onnx, .tflite or TorchScript file"),
     top_k: int = typer.Option(3, "--top-k", min=1, help="labels to show per image"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per line, per image, in input order"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per forward pass"),

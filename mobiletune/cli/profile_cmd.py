@@ -7,6 +7,7 @@ import json
 import typer
 
 from mobiletune.cli.app import app, err, guarded, out
+from mobiletune.cli.common import ArchName
 
 
 def _m(n: float) -> str:
@@ -59,10 +60,14 @@ def _latency_lines(lat: dict) -> str:
     return "latency on this machine (median):\n" + "\n".join(rows)
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+  mobiletune profile --arch mobilenet_v3_small
+
+  mobiletune profile --arch mobilenet_v2 --image-size 160 --json --no-latency""")
 @guarded
 def profile(
-    arch: str = typer.Option(..., "--arch", help="mobilenet_v2 | mobilenet_v3_small | mobilenet_v3_large"),
+    arch: ArchName = typer.Option(..., "--arch", help="backbone architecture"),
     image_size: int = typer.Option(224, "--image-size", min=32, max=1024, help="input side in pixels"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (params, macs, blocks, ...)"),
     no_latency: bool = typer.Option(False, "--no-latency", help="skip the PyTorch / ONNX Runtime timing"),

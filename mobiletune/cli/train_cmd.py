@@ -51,20 +51,36 @@ def _finish_folds(root: Path) -> None:
               f"per fold: {root / 'folds.csv'}\nrun directory: {root}", highlight=False)
 
 
-@app.command()
+TRAIN_EXAMPLES = """Examples:
+
+  mobiletune train --config configs/cats.yaml
+
+  mobiletune train -c configs/cats.yaml --epochs 3 --set data.augment=light
+
+  mobiletune train --resume runs/cats --device cpu"""
+
+FINETUNE_EXAMPLES = """Examples:
+
+  mobiletune finetune --unfreeze 3 --lr 1e-5              (continues runs/latest)
+
+  mobiletune finetune --from runs/cats --unfreeze 5 --epochs 3 --image-size 256"""
+
+
+@app.command(epilog=TRAIN_EXAMPLES)
 @guarded
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (see configs/cats.yaml)"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue an interrupted run directory from its last.pt"),
-    arch: Optional[str] = c.Arch, weights: Optional[str] = c.Weights, data: Optional[str] = c.Data,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help=f"head-stage epochs ({c.FROM_CONFIG})"),
-    lr: Optional[float] = typer.Option(None, "--lr", help=f"head-stage learning rate ({c.FROM_CONFIG})"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", rich_help_panel=c.RUN, help="YAML config file (every key: configs/cats.yaml); without it, the defaults", show_default=False),
+    resume: Optional[Path] = typer.Option(None, "--resume", rich_help_panel=c.RUN, help="continue an interrupted run directory from its last.pt (only --device, --workers and -q may change)", show_default=False),
+    arch: Optional[c.ArchName] = c.Arch, weights: Optional[str] = c.Weights,
+    data: Optional[str] = c.Data,
+    epochs: Optional[int] = c.from_config("train.epochs", "head-stage epochs", "--epochs", panel=c.TRAINING),
+    lr: Optional[float] = c.from_config("train.lr", "head-stage learning rate", "--lr", panel=c.TRAINING),
     batch_size: Optional[int] = c.BatchSize, image_size: Optional[int] = c.ImageSize,
-    device: Optional[str] = c.Device, seed: Optional[int] = c.Seed, out: Optional[str] = c.Out,
-    workers: Optional[str] = c.Workers, name: Optional[str] = c.Name,
-    set_: Optional[list[str]] = c.Set,
-    folds: Optional[int] = typer.Option(None, "--folds", help="k-fold estimate: K runs on K stratified folds of all images; writes folds.csv and folds.json"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or stage tables"),
+    device: Optional[c.DeviceName] = c.Device, seed: Optional[int] = c.Seed,
+    out: Optional[str] = c.Out, workers: Optional[str] = c.Workers,
+    name: Optional[str] = c.Name, set_: Optional[list[str]] = c.Set,
+    folds: Optional[int] = typer.Option(None, "--folds", rich_help_panel=c.TRAINING, show_default=False, help="k-fold estimate: K runs on K stratified folds of all images; writes folds.csv and folds.json"),
+    quiet: bool = c.Quiet,
 ) -> None:
     """Train the head (backbone frozen), then the finetune stage if the config has one."""
     from mobiletune.cli.render import RichCallbacks
@@ -92,22 +108,23 @@ def train(
     _finish(pipeline.train(cfg, RichCallbacks(quiet)))
 
 
-@app.command()
+@app.command(epilog=FINETUNE_EXAMPLES)
 @guarded
 def finetune(
-    unfreeze: Optional[int] = typer.Option(None, "--unfreeze", help="last N blocks of model.features to train (default: the stored config's, else 3)"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="finetune learning rate (default: the stored config's, e.g. 1e-5)"),
-    from_: Optional[str] = typer.Option(None, "--from", help="run directory or checkpoint to start from (default: runs/latest)"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="finetune epochs (default: the stored config's)"),
-    train_bn: Optional[bool] = typer.Option(None, "--train-bn/--no-train-bn", help="let BatchNorm statistics move in unfrozen blocks (default: no)"),
-    arch: Optional[str] = c.Arch, weights: Optional[str] = c.Weights, data: Optional[str] = c.Data,
+    unfreeze: Optional[int] = typer.Option(None, "--unfreeze", rich_help_panel=c.TRAINING, show_default="from the parent's config, else 3", help="train the last N blocks of model.features (1 to the arch's block count)"),
+    lr: Optional[float] = c.from_config("finetune.lr", "finetune learning rate", "--lr", panel=c.TRAINING),
+    from_: Optional[str] = typer.Option(None, "--from", rich_help_panel=c.RUN, show_default="runs/latest", help="run directory or checkpoint to start from"),
+    epochs: Optional[int] = c.from_config("finetune.epochs", "finetune epochs", "--epochs", panel=c.TRAINING),
+    train_bn: Optional[bool] = typer.Option(None, "--train-bn/--no-train-bn", rich_help_panel=c.TRAINING, show_default="from config: finetune.train_bn", help="let BatchNorm statistics move in unfrozen blocks"),
+    arch: Optional[c.ArchName] = c.Arch, weights: Optional[str] = c.Weights,
+    data: Optional[str] = c.Data,
     batch_size: Optional[int] = c.BatchSize, image_size: Optional[int] = c.ImageSize,
-    device: Optional[str] = c.Device, seed: Optional[int] = c.Seed, out: Optional[str] = c.Out,
-    workers: Optional[str] = c.Workers, name: Optional[str] = c.Name,
-    set_: Optional[list[str]] = c.Set,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or stage tables"),
+    device: Optional[c.DeviceName] = c.Device, seed: Optional[int] = c.Seed,
+    out: Optional[str] = c.Out, workers: Optional[str] = c.Workers,
+    name: Optional[str] = c.Name, set_: Optional[list[str]] = c.Set, quiet: bool = c.Quiet,
 ) -> None:
-    """Continue a trained run with its last N blocks unfrozen, into a new run directory."""
+    """Continue a trained run with its last N blocks unfrozen, into a new run directory
+    (`<name>-ft`). The config is the parent's; overrides it cannot act on are refused."""
     from mobiletune.cli.render import RichCallbacks
     from mobiletune import train as pipeline
 
