@@ -1,4 +1,4 @@
-"""mobiletune vs. a careful hand-written PyTorch loop, side by side in one process.
+"""mobiletune vs. a plain hand-written PyTorch loop, side by side in one process.
 
     .venv/bin/python benchmarks/bench_train.py [--head-epochs 5] [--ft-epochs 3] [--views K]
 

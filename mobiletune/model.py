@@ -76,10 +76,11 @@ def _download_imagenet(arch: str) -> dict:
         return entry.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # URLError, socket timeouts, SSL errors: all mean "no network"
         raise WeightsError(
-            f"Could not load ImageNet weights for {arch}: {target} is not in the torch cache "
-            f"({cache_dir}) and downloading {entry.url} failed ({type(e).__name__}: {e}). "
-            f"On a machine without network, copy that file there, or pass a local "
-            f"torchvision state_dict with --weights PATH (or model.weights: PATH).") from None
+            f"Could not load ImageNet weights for {arch}: downloading {entry.url} failed "
+            f"({type(e).__name__}: {e}) and {target.name} is not in the torch cache "
+            f"({cache_dir}). Without network, fetch that file on another machine and pass it "
+            f"with --weights path/to/{target.name} (or model.weights: in the config), or "
+            f"copy it into {cache_dir}; --weights none trains from random weights.") from None
 
 
 def _guess_arch(state: dict) -> str | None:
@@ -176,6 +177,19 @@ def configure_stage(model: nn.Module, unfreeze: int, train_bn: bool = False) -> 
             _set_bn(part, frozen=False)
     model.train()
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters as two AdamW groups: weight decay for the weights that
+    multiply (convolutions and linear layers, 2-D and up), none for biases and norm
+    scales/shifts, as torchvision's `norm_weight_decay=0` and nanoGPT's
+    `configure_optimizers` do: shrinking a bias or a BatchNorm scale toward 0 is not a
+    simpler model, it shifts or mutes a channel."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"name": "decay", "params": [p for p in params if p.ndim >= 2],
+             "weight_decay": weight_decay},
+            {"name": "no_decay", "params": [p for p in params if p.ndim < 2],
+             "weight_decay": 0.0}]
 
 
 def is_bn_frozen(m: nn.Module) -> bool:
