@@ -248,6 +248,7 @@ class BlockRow:
     params: int
     lr: float | None
     bn: str
+    decayed: int = 0  # trainable parameters in the weight-decay group (see param_groups)
 
 
 def stage_rows(model: nn.Module, lr: float) -> list[BlockRow]:
@@ -260,5 +261,7 @@ def stage_rows(model: nn.Module, lr: float) -> list[BlockRow]:
         train = any(p.requires_grad for p in params)
         bns = [m for m in mod.modules() if isinstance(m, nn.BatchNorm2d)]
         bn = "-" if not bns else ("frozen (eval)" if all(map(is_bn_frozen, bns)) else "training")
-        rows.append(BlockRow(name, train, sum(p.numel() for p in params), lr if train else None, bn))
+        decayed = sum(p.numel() for p in params if p.requires_grad and p.ndim >= 2)
+        rows.append(BlockRow(name, train, sum(p.numel() for p in params), lr if train else None,
+                             bn, decayed))
     return rows

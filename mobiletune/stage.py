@@ -20,7 +20,7 @@ from torch import nn
 
 from mobiletune import dist
 from mobiletune.interrupts import INTERRUPT
-from mobiletune.model import configure_stage, split, stage_rows
+from mobiletune.model import configure_stage, param_groups, split, stage_rows
 
 
 # The auto rule (epochs unset): constant lr, stop after `patience` epochs without a val-loss
@@ -182,19 +182,35 @@ def _score_start(spec, tail, prefix, data, device, state, save, callbacks) -> No
     callbacks.on_epoch_end(row, True)
 
 
+def make_optimizer(model: nn.Module, spec: StageSpec, saved: dict | None = None
+                   ) -> torch.optim.AdamW:
+    """AdamW over the stage's trainable parameters in two groups (`model.param_groups`: no
+    weight decay on biases and norms); `saved` is a resumed stage's optimizer state."""
+    opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr)
+    if saved is not None:
+        if len(saved["param_groups"]) != len(opt.param_groups):
+            from mobiletune.errors import CheckpointError
+
+            raise CheckpointError("This last.pt was written by an older mobiletune (one "
+                                  "optimizer group, now two); finish it with that version, or "
+                                  "start from its best.pt with `mobiletune finetune --from`.")
+        opt.load_state_dict(saved)
+    return opt
+
+
 def fit_stage(model: nn.Module, spec: StageSpec, data: StageData, *, seed: int, device,
               state: StageState, save: Callable[[StageState, bool], None],
               callbacks: Callbacks, class_weights: torch.Tensor | None = None) -> StageState:
     """Train one stage from `state` to its last epoch (or early stop); `save(state, is_best)`
     runs after every epoch. Returns the final state."""
-    params = configure_stage(model, spec.unfreeze, spec.train_bn)
+    configure_stage(model, spec.unfreeze, spec.train_bn)
     prefix, tail = split(model, spec.unfreeze)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     trainer = dist.wrap(tail, device)  # DDP when distributed: gradients averaged over ranks
     callbacks.on_stage_start(spec, stage_rows(model, spec.lr))
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    opt = make_optimizer(model, spec, state.optimizer)
     # Cosine decay stepped once per epoch: epoch e trains at lr * (1 + cos(pi e / E)) / 2.
     # Stepped per batch, a short run (2 epochs of a few hundred images) spends half its
     # steps at a tiny rate and its head underfits; measured on hymenoptera, per-epoch
@@ -202,7 +218,6 @@ def fit_stage(model: nn.Module, spec: StageSpec, data: StageData, *, seed: int, 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs) \
         if spec.schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(opt, 1.0, 0)
     if state.optimizer is not None:
-        opt.load_state_dict(state.optimizer)
         sched.load_state_dict(state.scheduler)
     weight = class_weights.to(device) if class_weights is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=spec.label_smoothing)

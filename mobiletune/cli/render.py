@@ -24,7 +24,9 @@ def stage_table(spec: StageSpec, rows: list) -> Table:
         t.add_row(r.block, "[green]trainable[/]" if r.trainable else "[dim]frozen[/]",
                   f"{r.params:,}", f"{r.lr:.1e}" if r.lr is not None else "-", r.bn)
     total = sum(r.params for r in rows if r.trainable)
-    t.caption = f"{total:,} trainable parameters"
+    decayed = sum(r.decayed for r in rows)
+    t.caption = (f"{total:,} trainable parameters; AdamW weight decay on the {decayed:,} in "
+                 f"weights, none on the {total - decayed:,} in biases and norms")
     return t
 
 
