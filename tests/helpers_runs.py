@@ -16,16 +16,25 @@ from mobiletune.model import build_model, preprocess_spec
 from tests.conftest import make_folder
 
 
-def live_model(arch: str = "mobilenet_v3_small", classes: int = 2, seed: int = 0):
+def live_model(arch: str = "mobilenet_v3_small", classes: int = 2, seed: int = 0,
+               small_head: bool = True):
     """A random model whose activations do not vanish (BatchNorm variance 0.1, not 1)."""
     torch.manual_seed(seed)
     model = build_model(arch, "none", classes).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.fill_(0.1)
-    with torch.no_grad():  # features are large now: a small head keeps probabilities off 0/1
-        model.classifier[-1].weight.mul_(0.01)
+    if small_head:  # features are large now: a small head keeps probabilities off 0/1
+        with torch.no_grad():
+            model.classifier[-1].weight.mul_(0.01)
     return model
+
+
+def live_weights(path: Path, arch: str = "mobilenet_v3_small") -> Path:
+    """A backbone weights file (torchvision's 1000-class state_dict) for `model.weights`,
+    whose features vary across images, so that training on it is not degenerate."""
+    torch.save(live_model(arch, 1000, small_head=False).state_dict(), path)
+    return path
 
 
 def make_live_run(root: Path, classes: tuple[str, ...] = ("ants", "bees"), size: int = 64,

@@ -9,7 +9,8 @@ from mobiletune.cli import app
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "220", "TERMINAL_WIDTH": "220"}  # one line per option: easy to grep
-COMMANDS = ("train", "finetune", "predict", "evaluate", "export", "profile", "check-data")
+COMMANDS = ("train", "finetune", "predict", "evaluate", "export", "profile", "check-data",
+            "explain")
 
 
 def _help(*args: str) -> str:

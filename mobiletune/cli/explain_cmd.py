@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from mobiletune.cli.app import app, err, guarded, out
+from mobiletune.cli.app import PlainUsage, app, err, guarded, out
 
 
 def _free_png(folder: Path, stem: str, taken: set[str]) -> Path:
@@ -22,12 +22,16 @@ def _free_png(folder: Path, stem: str, taken: set[str]) -> Path:
     raise FileExistsError(folder / f"{stem}.cam.png")
 
 
-@app.command()
+@app.command(cls=PlainUsage, epilog="""Examples:
+
+  mobiletune explain photo.jpg                         (overlays in a new runs/latest/explain)
+
+  mobiletune explain shots/ --class bees --json --checkpoint runs/cats""")
 @guarded
 def explain(
-    paths: list[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="run directory or .pt checkpoint (default: runs/latest/best.pt)"),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="folder for the overlay PNGs (default: a new <run>/explain, explain-2, ...)"),
+    paths: list[str] = typer.Argument(..., metavar="PATH", help="image files, folders (recursive) or globs"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", show_default="runs/latest/best.pt", help="run directory or .pt checkpoint"),
+    out_dir: Optional[str] = typer.Option(None, "--out", show_default="a new <run>/explain, explain-2, ...", help="folder for the overlay PNGs"),
     class_name: Optional[str] = typer.Option(None, "--class", help="explain this class instead of each image's predicted class"),
     as_json: bool = typer.Option(False, "--json", help='one JSON object per image: {"path", "label", "score", "class", "cam", "overlay"}, cam in [0, 1]'),
 ) -> None:
