@@ -23,6 +23,7 @@ from mobiletune.data import ScanResult, read_splits, scan
 from mobiletune.errors import CheckpointError, ConfigError, TrainingInterrupted
 from mobiletune.finish import finish_run, fold_temperature
 from mobiletune.frozen.feeds import class_weights, make_feed
+from mobiletune.overrides import refuse_unhonoured_finetune, refuse_unhonoured_resume
 from mobiletune.model import (boundary, build_model, preprocess_spec, rescale_preprocess,
                               set_dropout)
 from mobiletune.fileio import write_csv, write_text
@@ -250,23 +251,6 @@ def train(cfg: Config, callbacks: Callbacks | None = None,
     return _launch(cfg, data, model, pre, plan(cfg), callbacks, device)
 
 
-def _refuse(command: str, keys: list[str], why: str) -> None:
-    if keys:
-        raise ConfigError(f"{command} cannot apply {', '.join(keys)}: {why}", key=keys[0],
-                          value=keys)
-
-
-def _unhonoured(cfg: Config, parent: dict, changes: dict[str, Any], same_data: bool) -> list[str]:
-    """Overrides `finetune` would record in config.yaml but not act on."""
-    old = config_from_dict(parent["config"])
-    bad = [k for k in ("train.epochs", "train.lr", "parent") if k in changes]
-    if "model.weights" in changes and cfg.model.weights != old.model.weights:
-        bad.append("model.weights")
-    if same_data and "data.val_split" in changes and cfg.data.val_split != old.data.val_split:
-        bad.append("data.val_split")
-    return bad
-
-
 def finetune(source: str | None, cfg_changes: dict[str, Any],
              callbacks: Callbacks | None = None) -> Path:
     """A new run that continues `source` (run dir, checkpoint, or runs/latest) with the
@@ -297,10 +281,7 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
                           f"(the last N of the {n} blocks of {cfg.model.arch}).",
                           key="finetune.unfreeze", value=0, choices=(1, n))
     same_data = cfg.data.root == parent["config"].get("data", {}).get("root")
-    _refuse("finetune", _unhonoured(cfg, parent, cfg_changes, same_data),
-            f"the model (weights included) comes from {parent['path']}, the train/val split "
-            "from its splits.csv (unless --data names other images), and no head stage runs. "
-            "Drop them, or train a new run with `mobiletune train`.")
+    refuse_unhonoured_finetune(cfg, parent, cfg_changes, same_data)
     splits = parent_dir / "splits.csv"
     data = read_splits(splits, parent["class_names"]) if same_data and splits.is_file() \
         else scan_config(cfg)
@@ -318,21 +299,14 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
     return _launch(cfg, data, model, pre, plan(cfg, head=False), callbacks, device)
 
 
-# what may change when a run resumes: where it runs, not what it computes
-RESUME_KEYS = ("device", "data.workers")
-
-
 def resume(run_dir: str | Path, callbacks: Callbacks | None = None,
            changes: dict[str, Any] | None = None) -> Path:
     """Continue an interrupted run from its last.pt, in the same directory. `changes` may
-    set only RESUME_KEYS; any other override is refused."""
+    set only device and data.workers; any other override is refused."""
     from mobiletune.config import apply_overrides
 
     callbacks, changes = callbacks or Callbacks(), dict(changes or {})
-    _refuse("--resume", [k for k in changes if k not in RESUME_KEYS],
-            f"a resumed run continues exactly as configured (only device and data.workers "
-            f"may change). To train on with other settings, start a new run from it: "
-            f"`mobiletune finetune --from {run_dir} ...`.")
+    refuse_unhonoured_resume(changes, run_dir)
     ckpt = load_checkpoint(run_dir, "last.pt")
     if "resume" not in ckpt:
         raise CheckpointError(f"{ckpt['path']} holds no resume state.")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiletune.cli import app
 from tests.conftest import make_folder, tiny_config
+from tests.helpers_runs import make_live_run
 
 runner = CliRunner()
 
@@ -120,19 +121,21 @@ def test_help_is_fast_and_lists_defaults():
                           text=True).stdout.strip() == "False"
 
 
-def test_predict_with_an_exported_onnx_file(trained, tmp_path):
-    tmp, data, _ = trained
-    run = tmp / "runs" / "t"
+def test_predict_with_an_exported_onnx_file(tmp_path):
+    run = make_live_run(tmp_path, ("red", "green"), size=32)  # outputs vary across images
     onnx = tmp_path / "m.onnx"
     res = runner.invoke(app, ["export", "--format", "onnx", "--checkpoint", str(run),
                               "--out", str(onnx)])
     assert res.exit_code == 0, res.output
-    files = sorted(str(p) for p in data.rglob("*.jpg"))
+    files = sorted(str(p) for p in (tmp_path / "data").rglob("*.jpg"))
     outs = []
     for ckpt in (str(run), str(onnx)):
         res = runner.invoke(app, ["predict", *files, "--json", "--checkpoint", ckpt])
         assert res.exit_code == 0, res.output
         outs.append([json.loads(x) for x in res.stdout.strip().splitlines()])
+    probs = [x["top_k"][0]["prob"] if x["top_k"][0]["label"] == "red" else
+             1 - x["top_k"][0]["prob"] for x in outs[0]]
+    assert max(probs) - min(probs) > 0.01  # else the comparison below passes whatever runs
     assert [x["label"] for x in outs[0]] == [x["label"] for x in outs[1]]
     assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(*outs)) < 1e-4
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import re
@@ -43,16 +42,20 @@ def test_plot_curves_survives_an_empty_csv(tmp_path: Path):
     assert Image.open(out).size[0] > 100
 
 
-def test_data_uri_never_spells_http():
-    poisoned = base64.b64decode("aHTTpAAA")  # its base64 text contains 'HTTp'
-    attempts = []
+def assert_self_contained(page: str) -> None:
+    """Nothing in the page is fetched from elsewhere: every src/href, CSS url() and import is
+    a data URI (text that merely contains 'http', in a base64 image or a path, is fine)."""
+    assert not re.search(r"""\b(src|href|srcset|action)\s*=\s*(?!["']?(data:|#))""", page, re.I)
+    assert not re.search(r"""url\(\s*(?!["']?data:)""", page, re.I)
+    assert "@import" not in page and "<link" not in page.lower()
 
-    def encode(attempt: int) -> bytes:
-        attempts.append(attempt)
-        return poisoned if attempt == 0 else b"fine"
-    uri = report.data_uri(encode, "image/png")
-    assert "http" not in uri.lower() and attempts == [0, 1]
-    assert base64.b64decode(uri.split(",", 1)[1]) == b"fine"
+
+def test_self_contained_check_catches_outside_links():
+    for bad in ('<img src="http://x/a.png">', "<a href='https://x'>", "<script src=x.js>",
+                'background:url("//cdn/x.png")', '<link rel="stylesheet" href="x.css">'):
+        with pytest.raises(AssertionError):
+            assert_self_contained(bad)
+    assert_self_contained('<img src="data:image/png;base64,aHR0cHM6Ly8="><a href="#top">')
 
 
 @pytest.fixture
@@ -85,8 +88,7 @@ def test_report_names_only_wrong_val_images_with_their_thumbnails(tmp_path: Path
     assert set(files) == {"metrics.json", "confusion_matrix.csv", "confusion_matrix.png",
                           "curves.png", "report.html"}
     page = files["report.html"].read_text()
-    assert "http" not in page.lower()
-    assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # nothing loaded from outside
+    assert_self_contained(page)
     named = re.findall(r'<div class="path">([^<]+)</div>', page)
     # most confident mistake first; correct predictions never appear
     assert named == [paths[4], paths[1], paths[6]]
@@ -138,7 +140,7 @@ def test_evaluate_cli_on_a_tiny_run(tmp_path: Path):
         val = [r["path"] for r in csv.DictReader(f) if r["split"] == "val"]
     check_consistent(ev / "metrics.json", ev / "confusion_matrix.csv", len(val))
     page = (ev / "report.html").read_text()
-    assert "http" not in page.lower()
+    assert_self_contained(page)
     assert set(re.findall(r'<div class="path">([^<]+)</div>', page)) <= set(val)
     assert Image.open(ev / "confusion_matrix.png").size[0] > 200
     assert (ev / "curves.png").is_file()

@@ -22,6 +22,7 @@ from mobiletune.interrupts import INTERRUPT
 from mobiletune.stage import Callbacks
 from tests.conftest import make_folder, make_image
 from tests.helpers_robust import invoke, read_csv, write_config
+from tests.helpers_runs import live_weights
 from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,16 +64,22 @@ def assert_same(a: list[tuple], b: list[tuple]) -> None:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A data folder, a config per cache setting, and one uninterrupted reference run each."""
+    """A data folder, a config per cache setting, and one uninterrupted reference run each.
+    The backbone's features vary across images and views (random init would give ~1e-9
+    everywhere, so a resume that drew other views or another order would go unnoticed)."""
     tmp = tmp_path_factory.mktemp("resume")
     data = make_folder(tmp / "data", classes=("a", "b"), per_class=8, size=40)
+    weights = str(live_weights(tmp / "live.pth"))
     refs = {}
 
     def reference(cache: bool):
         if cache not in refs:
             cfg = write_config(tmp, data, name=f"c{int(cache)}", file=f"c{int(cache)}.yaml",
-                               data={"cache": cache, "augment": "standard"}, **SECTIONS)
+                               data={"cache": cache, "augment": "standard"},
+                               model={"weights": weights}, **SECTIONS)
             refs[cache] = (cfg, pipeline.train(load_config(cfg)))
+            losses = [h[2] for h in history(refs[cache][1])]
+            assert max(losses) - min(losses) > 1e-3  # training on real signal
         return refs[cache]
 
     return tmp, data, reference
