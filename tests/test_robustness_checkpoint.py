@@ -149,23 +149,28 @@ def test_runs_with_one_name_live_side_by_side(run, tmp_path):
     assert (out / "latest").is_dir() and not (out / "latest").is_symlink()
 
 
-def test_disk_full_is_exit_2_and_keeps_the_saved_checkpoint(run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fits", [1, 3])
+def test_disk_full_is_exit_2_and_keeps_the_saved_checkpoint(run, tmp_path, monkeypatch, fits):
     from mobiletune import train as pipeline
 
     real, calls = pipeline.save_checkpoint, []
 
-    def full_after_first(path, ckpt):
+    def full_after(path, ckpt):
         calls.append(path)
-        if len(calls) > 1:  # the first last.pt fits, then the disk is full
+        if len(calls) > fits:  # the first `fits` checkpoints fit, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, ckpt)
 
-    monkeypatch.setattr(pipeline, "save_checkpoint", full_after_first)
+    monkeypatch.setattr(pipeline, "save_checkpoint", full_after)
     cfg = write_config(tmp_path, run.parent.parent / "data", train={"epochs": 2})
     res = invoke(["train", "--config", cfg, "-q"], 2)
     assert "No space left on device" in res.stderr
+    if fits == 1:  # full before the first epoch was saved: no half-made run is left
+        assert not (tmp_path / "runs" / "t").exists()
+        return
+    # start's last.pt, then epoch 1's best.pt and last.pt fit: epoch 1 is kept, resumable
     ckpt = torch.load(tmp_path / "runs" / "t" / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 0 and "resume" in ckpt
+    assert ckpt["epoch"] == 1 and "resume" in ckpt
 
 
 def test_atomic_write_leaves_the_old_file_whole_on_failure(tmp_path):
