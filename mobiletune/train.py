@@ -1,14 +1,20 @@
 """A whole run: scan, run directory, stages, checkpoints; `train`, `finetune` and `resume`.
 
-Everything a run makes lands in its own new directory; `last.pt` is written before the
-first epoch and after every epoch, so an interrupt at any moment leaves a resumable run.
+Everything a run makes lands in its own new directory. `last.pt` is written before the
+first epoch, at the end of each stage, on Ctrl-C / SIGTERM / an error, and otherwise at most
+every CHECKPOINT_EVERY_S seconds: each epoch keeps an in-memory copy of what changed (the
+trainable part and the optimizer), so an interrupt at any moment still leaves a resumable
+run, while a head epoch of a few milliseconds does not pay for two full checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import datetime as dt
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,12 @@ from mobiletune.schema import DEVICES
 from mobiletune.stage import (AUTO_FINETUNE, AUTO_HEAD, AUTO_SCHEDULE, METRICS_HEADER,
                               Callbacks, StageSpec, StageState, fit_stage, stage_threads,
                               state_from_dict, state_to_dict)
+
+
+# Longest stretch of epochs whose checkpoints exist only in memory (lost only to SIGKILL or
+# a power cut; Ctrl-C, SIGTERM and errors write them). Measured on hymenoptera: the two
+# checkpoints cost 0.1-0.2 s per epoch against ~0.02 s of head-stage compute.
+CHECKPOINT_EVERY_S = 30.0
 
 
 def pick_device(name: str) -> torch.device:
@@ -88,6 +100,9 @@ class Run:
     state: StageState = dataclasses.field(default_factory=StageState)
     device: torch.device = torch.device("cpu")
     started: bool = False  # an epoch finished here: the run is kept and `latest` points at it
+    # checkpoints of the latest epochs, not yet on disk: {"best.pt": ckpt, "last.pt": ckpt}
+    pending: dict = dataclasses.field(default_factory=dict)
+    flushed_at: float = dataclasses.field(default_factory=time.monotonic)
 
     def log(self, text: str) -> None:
         if not dist.is_main():  # one writer: rank 0
@@ -113,16 +128,15 @@ class Run:
         return ckpt
 
     def save(self, state: StageState, is_best: bool) -> None:
+        """After every epoch: keep its checkpoints in memory, write them when due."""
         self.state = state
         self.history = self._done_history() + list(state.history)
         if not dist.is_main():
             return
-        write_csv(self.dir / "metrics.csv", METRICS_HEADER, [r.row() for r in self.history])
-        # best.pt first: an interrupt between the two leaves last.pt one epoch behind, and
-        # resuming redoes that epoch (and rewrites best.pt); the other order loses best.pt
+        moving = _moving_keys(self.model)
         if is_best:
-            save_checkpoint(self.dir / "best.pt", self.checkpoint(resume=False))
-        save_checkpoint(self.dir / "last.pt", self.checkpoint(resume=True))
+            self.pending["best.pt"] = _snapshot(self.checkpoint(resume=False), moving)
+        self.pending["last.pt"] = _snapshot(self.checkpoint(resume=True), moving)
         if not self.started:
             self.started = True
             update_latest(self.dir)
@@ -130,10 +144,47 @@ class Run:
         self.log(f"{r.stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc "
                  f"{r.train_acc:.4f} val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f}"
                  + (" (best)" if is_best else ""))
+        if time.monotonic() - self.flushed_at >= CHECKPOINT_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending checkpoints and metrics.csv (all of the same epoch)."""
+        if not dist.is_main() or (not self.pending and not self.history):
+            return  # one writer: rank 0
+        write_csv(self.dir / "metrics.csv", METRICS_HEADER, [r.row() for r in self.history])
+        # best.pt first: an interrupt between the two leaves last.pt one epoch behind, and
+        # resuming redoes that epoch (and rewrites best.pt); the other order loses best.pt
+        for name in ("best.pt", "last.pt"):
+            if name in self.pending:
+                save_checkpoint(self.dir / name, self.pending[name])
+                del self.pending[name]  # only once written: an interrupt retries it
+        self.flushed_at = time.monotonic()
 
     def _done_history(self) -> list:
         names = {s.name for s in self.stages[self.stage_index:]}
         return [r for r in self.history if r.stage not in names]
+
+
+def _moving_keys(model: nn.Module) -> set[str]:
+    """State-dict keys a training step can change: every parameter and buffer (BatchNorm
+    statistics) of a module that holds a trainable parameter."""
+    keys: set[str] = set()
+    for name, m in model.named_modules():
+        own = list(m.named_parameters(recurse=False))
+        if any(p.requires_grad for _, p in own):
+            pre = f"{name}." if name else ""
+            keys.update(pre + k for k, _ in [*own, *m.named_buffers(recurse=False)])
+    return keys
+
+
+def _snapshot(ckpt: dict[str, Any], moving: set[str]) -> dict[str, Any]:
+    """`ckpt` frozen in time at the cost of the trainable part: the tensors that training
+    can change are copied (the frozen ones cannot change before the copy is written), and
+    so is the resume state (optimizer moments)."""
+    ckpt["model"] = {k: v.clone() if k in moving else v for k, v in ckpt["model"].items()}
+    if "resume" in ckpt:
+        ckpt["resume"] = copy.deepcopy(ckpt["resume"])
+    return ckpt
 
 
 def _launch(cfg: Config, data: ScanResult, model: nn.Module, pre: dict,
@@ -203,6 +254,7 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
                 state = fit_stage(run.model, spec, feed, seed=run.cfg.seed, device=device,
                                   state=run.state, save=run.save, callbacks=callbacks,
                                   class_weights=weights)
+            run.flush()  # best.pt on disk (read below), last.pt in case of an interrupt there
             if run.stage_index == len(run.stages) - 1:
                 finish_run(run, spec, feed, device, callbacks)
             else:  # the next stage starts from this one's best, not its last epoch
@@ -213,8 +265,13 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
             if dist.is_main():
                 save_checkpoint(run.dir / "last.pt", run.checkpoint(resume=True))
     except KeyboardInterrupt:
+        run.flush()
         run.log("interrupted; resume with `mobiletune train --resume " + str(run.dir) + "`")
         raise TrainingInterrupted(run.dir) from None
+    except Exception:
+        with contextlib.suppress(Exception):  # keep what is done; report the first error
+            run.flush()
+        raise
     if dist.is_main():
         _draw_curves(run, callbacks)
     run.log("done")

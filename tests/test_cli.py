@@ -147,3 +147,24 @@ def test_finetune_without_unfreeze_takes_three_blocks(trained):
     assert res.exit_code == 0, res.output
     ckpt = torch.load(tmp / "runs" / "default-unfreeze" / "last.pt", weights_only=True)
     assert ckpt["unfrozen_blocks"] == 3  # the parent config had no finetune stage
+
+
+def test_the_fast_exit_still_flushes_runs_exit_handlers_and_waits_for_threads(tmp_path):
+    """main() ends with os._exit (skipping the heap teardown that held finished runs for
+    1-3 s); what a normal exit does that anyone can see must still happen."""
+    marker = tmp_path / "thread-done"
+    code = (
+        "import atexit, sys, threading, time\n"
+        "atexit.register(lambda: print('exit handler ran', flush=False))\n"
+        f"threading.Thread(target=lambda: (time.sleep(0.3), open({str(marker)!r}, 'w'))).start()\n"
+        "sys.argv = ['mobiletune', '--version']\n"
+        "from mobiletune.cli import main\n"
+        "main()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "mobiletune" in res.stdout and "exit handler ran" in res.stdout
+    assert marker.is_file()
+    bad = subprocess.run([sys.executable, "-m", "mobiletune", "train", "--config",
+                          str(tmp_path / "missing.yaml")], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "error:" in bad.stderr

@@ -89,7 +89,10 @@ def setup(tmp_path_factory):
     (False, StopAt("head", 1)),  # between epochs: resume runs head 2 and the finetune stage
     (False, StopAt("finetune", 1, step=2)),  # mid-epoch, inside the second stage
     (True, StopAt("head", 1, step=1)),  # the default feature cache on
-], ids=["head-end", "finetune-mid", "cache-head-mid"])
+    # mid-epoch after a finished epoch whose checkpoint was still in memory: what is written
+    # is that epoch, not the weights the interrupted epoch had already moved
+    (True, StopAt("head", 2, step=2)),
+], ids=["head-end", "finetune-mid", "cache-head-mid", "cache-head-mid-pending"])
 def test_resume_reproduces_the_uninterrupted_run(setup, monkeypatch, cache, stop):
     tmp, _, reference = setup
     monkeypatch.setenv("MOBILETUNE_CACHE", str(tmp / "cache"))
@@ -193,3 +196,30 @@ def test_signal_exits_130_with_a_loadable_last_pt(tmp_path, how):
     ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] >= 1 and ckpt["resume"]["history"]
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_checkpoints_are_written_when_due_not_after_every_epoch(tmp_path, monkeypatch):
+    """A head epoch on cached features takes milliseconds: its checkpoints stay in memory
+    until the stage ends (or CHECKPOINT_EVERY_S passes, or an interrupt); then every file
+    on disk describes the same, final epoch."""
+    data = make_folder(tmp_path / "d", classes=("a", "b"), per_class=4, size=40)
+    cfg = write_config(tmp_path, data, train={"epochs": 4})
+    writes, real = [], pipeline.save_checkpoint
+
+    def counting(path, ckpt):
+        writes.append((Path(path).name, ckpt["epoch"]))
+        return real(path, ckpt)
+
+    monkeypatch.setattr(pipeline, "save_checkpoint", counting)
+    run = pipeline.train(load_config(cfg))
+    assert [e for n, e in writes if n == "last.pt"] == [0, 4]  # the run's start, the stage's end
+    assert len([n for n, _ in writes if n == "best.pt"]) == 1
+    rows = read_csv(run / "metrics.csv")
+    best = max(rows, key=lambda r: (float(r["val_acc"]), -float(r["val_loss"])))
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == int(best["epoch"])
+    assert [h[1] for h in history(run)] == [1, 2, 3, 4]
+
+    writes.clear()  # due at every epoch: each epoch reaches the disk as it ends
+    monkeypatch.setattr(pipeline, "CHECKPOINT_EVERY_S", 0.0)
+    pipeline.train(load_config(cfg))
+    assert [e for n, e in writes if n == "last.pt"] == [0, 1, 2, 3, 4, 4]
