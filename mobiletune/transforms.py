@@ -1,8 +1,9 @@
 """Views of an image: the eval view from the weights' own preprocessing, and augmented views.
 
 `train_transform` draws from torch's global RNG (live training: reseeded every epoch);
-`augmented_view` draws the same distribution from an explicit `random.Random`, which is
-thread-safe and lets the cache make the same K views of an image in any run.
+`pixel_views` draws the same distribution from an explicit `random.Random`, which is
+thread-safe and lets the cache make the same K views of an image in any run; it returns
+uint8 pixels, and the cache's engine normalizes them (frozen/engine.Normalized).
 """
 
 from __future__ import annotations
@@ -47,18 +48,40 @@ def _crop_box(w: int, h: int, scale: tuple[float, float], rng: random.Random) ->
     return (h - side) // 2, (w - side) // 2, side, side
 
 
-def augmented_view(img: Image.Image, pre: dict, augment: str, rng: random.Random):
+def _augmented_image(img: Image.Image, pre: dict, augment: str, rng: random.Random) -> Image.Image:
     """One training view drawn from `rng` alone (thread-safe, reproducible): the same
     distribution as `train_transform`, without touching torch's global RNG."""
     from torchvision.transforms import functional as TF
 
-    if augment == "none":
-        return eval_transform(pre)(img)
     top, left, ch, cw = _crop_box(img.width, img.height, _SCALES[augment], rng)
     view = TF.resized_crop(img, top, left, ch, cw, [pre["crop"], pre["crop"]], antialias=True)
-    if rng.random() < 0.5:
-        view = TF.hflip(view)
-    return TF.normalize(TF.to_tensor(view), pre["mean"], pre["std"])
+    return TF.hflip(view) if rng.random() < 0.5 else view
+
+
+def eval_pixels(img: Image.Image, pre: dict):
+    """The eval view as uint8 HWC pixels: `eval_transform` before ToTensor and Normalize."""
+    import numpy as np
+    from torchvision.transforms import functional as TF
+
+    return np.asarray(TF.center_crop(TF.resize(img, pre["resize"]), pre["crop"]))
+
+
+def augmented_pixels(img: Image.Image, pre: dict, augment: str, rng: random.Random):
+    """A training view as uint8 HWC pixels (`train_transform` before ToTensor and Normalize)."""
+    import numpy as np
+
+    if augment == "none":
+        return eval_pixels(img, pre)
+    return np.asarray(_augmented_image(img, pre, augment, rng))
+
+
+def pixel_views(img: Image.Image, pre: dict, augment: str, kind: str, views: int, key: str) -> list:
+    """What the cache stores for one image, as uint8 HWC pixels: its eval view (kind
+    "eval"), or `views` training views, view v drawn from random.Random(f"{key}:{v}") so the
+    same image always yields the same views whatever the run's seed, order or thread."""
+    if kind == "eval" or augment == "none":
+        return [eval_pixels(img, pre)] * (1 if kind == "eval" else views)
+    return [augmented_pixels(img, pre, augment, random.Random(f"{key}:{v}")) for v in range(views)]
 
 
 def decode_side(pre: dict) -> int:

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from mobiletune import train as pipeline
-from mobiletune.frozen.cache import FeatureCache, cache_root, views_of
+from mobiletune.frozen.cache import FeatureCache, cache_root
 from mobiletune.config import load_config
 from mobiletune.data import load_image
 from mobiletune.frozen.engine import TorchEngine, frozen_engine
 from mobiletune.model import build_model, configure_stage, preprocess_spec, split
 from mobiletune.stage import Callbacks
+from mobiletune.transforms import pixel_views
 from tests.conftest import make_folder, make_image, tiny_config
 from tests.helpers_runs import live_model
 
@@ -45,11 +46,13 @@ def test_cached_head_gradients_match_live(tmp_path, engine_kind):
     configure_stage(model, 0)
     prefix, tail = split(model, 0)
     store = FeatureCache(tmp_path / "c", "p", PRE, "standard", 3)
-    engine = frozen_engine(prefix, torch.device("cpu"), tmp_path / "c", 32, prefer=engine_kind)
+    engine = frozen_engine(prefix, torch.device("cpu"), tmp_path / "c", 32, prefer=engine_kind,
+                           pixels=PRE)  # uint8 pixels in, normalized inside the engine
     store.fill([(str(img_path), "train")], engine)
     cached = torch.from_numpy(np.array(store.load(str(img_path), "train"))).float()
-    views = torch.stack(views_of(load_image(img_path), PRE, "standard", 3,
-                                 store.key(str(img_path))))
+    # the live path's input: torchvision's ToTensor + Normalize of the same crops and flips
+    views = _normalized(pixel_views(load_image(img_path), PRE, "standard", "train", 3,
+                                    store.key(str(img_path))))
     y = torch.tensor([0, 1, 0])
     tail.eval()  # no dropout: compare the arithmetic, not random masks
     assert cached.abs().mean() > 0.1  # real signal, not vanishing activations
@@ -59,6 +62,12 @@ def test_cached_head_gradients_match_live(tmp_path, engine_kind):
         torch.nn.functional.cross_entropy(tail(z), y).backward()
         grads.append(model.classifier[-1].weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], rtol=2e-2, atol=2e-3)  # float16 storage
+
+
+def _normalized(pixels: list) -> torch.Tensor:
+    from torchvision.transforms import functional as TF
+
+    return torch.stack([TF.normalize(TF.to_tensor(np.array(p)), PRE["mean"], PRE["std"]) for p in pixels])
 
 
 def test_prefix_cached_tail_equals_full_model():
@@ -78,7 +87,7 @@ def test_prefix_cached_tail_equals_full_model():
 def test_changed_image_invalidates_its_entry(tmp_path):
     a, b = make_image(tmp_path / "a.jpg", seed=1), make_image(tmp_path / "b.jpg", seed=2)
     store = FeatureCache(tmp_path / "c", "p", PRE, "light", 2)
-    engine = lambda x: x.mean(dim=(2, 3))  # per-channel means: distinct images differ
+    engine = _means
     jobs = [(str(a), "train"), (str(b), "eval")]
     assert store.fill(jobs, engine) == 2 and store.missing(jobs) == []
     before = np.array(store.load(str(a), "train"))
@@ -139,7 +148,7 @@ def test_cache_false_writes_nothing(tmp_path):
 
 
 def _means(x):
-    return x.mean(dim=(2, 3))  # per-channel means: distinct images differ
+    return x.float().mean(dim=(1, 2))  # per-channel means of NHWC pixels: images differ
 
 
 def test_packed_entries_read_back_what_was_written(tmp_path):
@@ -151,8 +160,8 @@ def test_packed_entries_read_back_what_was_written(tmp_path):
     assert len(list((store.dir / "packs").glob("*.npy"))) > 1
     written = {}
     for p in paths:  # what the engine made for each image, computed on its own
-        views = torch.stack(views_of(load_image(p, 64), PRE, "light", 3, store.key(p)))
-        written[p] = _means(views).half().numpy()
+        views = np.stack(pixel_views(load_image(p, 64), PRE, "light", "train", 3, store.key(p)))
+        written[p] = _means(torch.from_numpy(views)).half().numpy()
     assert not np.array_equal(written[paths[0]], written[paths[1]])
     entries = store.entries(jobs)
     items, rows = np.array([6, 0, 3, 3, 1]), np.array([2, 0, 1, 2, 0])

@@ -18,7 +18,6 @@ import hashlib
 import inspect
 import json
 import os
-import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -26,10 +25,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mobiletune.data import Sample, load_image
+from mobiletune.data import Sample
 from mobiletune.fileio import write_text
-from mobiletune.frozen.store import Entries, PackStore, release_free_memory
-from mobiletune.transforms import augmented_view, decode_side, eval_transform
+from mobiletune.frozen.store import Entries, PackStore
 
 CACHE_VERSION = 2  # 2: packed entries, content keys
 
@@ -67,6 +65,7 @@ def code_version() -> str:
     import torchvision
 
     from mobiletune import data, transforms
+    from mobiletune.frozen.engine import Normalized  # the normalization runs in the engine
 
     try:
         import onnxruntime
@@ -74,18 +73,10 @@ def code_version() -> str:
     except ImportError:
         ort = "none"
     src = inspect.getsource(transforms) + inspect.getsource(data.load_image) \
-        + inspect.getsource(data._to_rgb)
+        + inspect.getsource(data._to_rgb) + inspect.getsource(Normalized)
     libs = f"torch {torch.__version__}|torchvision {torchvision.__version__}|" \
            f"pillow {PIL.__version__}|onnxruntime {ort}"
     return _sha(src + libs)
-
-
-def views_of(img, pre: dict, augment: str, k: int, key: str) -> list[torch.Tensor]:
-    """K training views of one decoded image, each seeded by (image key, view index), so the
-    same image always yields the same views whatever the run's seed, order or thread."""
-    if augment == "none":
-        return [eval_transform(pre)(img)] * k
-    return [augmented_view(img, pre, augment, random.Random(f"{key}:{v}")) for v in range(k)]
 
 
 class FeatureCache:
@@ -149,40 +140,13 @@ class FeatureCache:
         """One entry, [rows, *feature]."""
         return self.entries([(sample_path, kind)]).block(0, 1)[0]
 
-    def _decode(self, job: Job) -> list[torch.Tensor]:
-        path, kind = job
-        img = load_image(path, decode_side(self.pre))
-        if kind == "eval":
-            return [eval_transform(self.pre)(img)]
-        return views_of(img, self.pre, self.augment, self.views, self.key(path))
-
     def fill(self, jobs: list[Job], engine: Callable[[torch.Tensor], torch.Tensor],
              batch: int = 32, on_progress: Callable[[int, int], None] | None = None) -> int:
-        """Compute and store every missing (path, kind) entry; returns how many were made."""
-        todo = self.missing(jobs)
-        chunk = max(1, batch // (1 if self.augment == "none" else self.views))
-        groups = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
-        done = 0
-        try:
-            with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-                pending = pool.map(self._decode, groups[0]) if groups else None
-                for gi, group in enumerate(groups):
-                    decoded = list(pending)
-                    if gi + 1 < len(groups):  # decode the next group while this one runs
-                        pending = pool.map(self._decode, groups[gi + 1])
-                    out = engine(torch.stack([v for views in decoded for v in views]))
-                    out = out.to(torch.float16).cpu().numpy()
-                    start = 0
-                    for job, views in zip(group, decoded):
-                        self.put(job, out[start:start + len(views)])
-                        start += len(views)
-                    done += len(group)
-                    release_free_memory()  # peak RSS follows the batch, not the folder
-                    if on_progress:
-                        on_progress(done, len(todo))
-        finally:
-            self.flush()  # what was computed before an interrupt is kept
-        return done
+        """Compute and store every missing (path, kind) entry with `engine` (uint8 NHWC pixels
+        in, see engine.Normalized); returns how many were made (frozen/fill.py)."""
+        from mobiletune.frozen.fill import fill
+
+        return fill(self, self.missing(jobs), lambda: engine, batch=batch, on_progress=on_progress)
 
 
 def jobs_for(train: list[Sample], val: list[Sample]) -> list[tuple[str, str]]:

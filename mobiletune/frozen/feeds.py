@@ -168,6 +168,7 @@ def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> No
     """Every missing entry computed once: each rank fills its share, then all wait for the
     whole cache (the cache folder must be shared by every node)."""
     from mobiletune.frozen.engine import frozen_engine
+    from mobiletune.frozen.fill import fill as fill_missing
 
     todo = store.missing(jobs)
     dist.barrier()  # nobody writes before every rank has listed what is missing
@@ -177,9 +178,9 @@ def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> No
                              + (f" ({dist.world_size()} ranks)" if dist.active() else ""))
 
     def fill() -> None:
-        if mine:
-            engine = frozen_engine(prefix, device, root, pre["crop"])
-            store.fill(mine, engine, on_progress=lambda d, t: callbacks.on_progress("cache", d, t))
+        fill_missing(store, mine,  # the engine is exported while the first images decode
+                     lambda: frozen_engine(prefix, device, root, pre["crop"], pixels=pre),
+                     on_progress=lambda d, t: callbacks.on_progress("cache", d, t))
 
     dist.agree(fill)  # doubles as the barrier: every share is written
 

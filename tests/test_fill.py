@@ -1,0 +1,66 @@
+"""The cache fill pipeline (frozen/fill.py): decode ahead, engine, writer, in job order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobiletune.data import load_image
+from mobiletune.errors import DataError
+from mobiletune.frozen.cache import FeatureCache
+from mobiletune.frozen.fill import fill
+from mobiletune.model import preprocess_spec
+from mobiletune.transforms import pixel_views
+from tests.conftest import make_image
+
+PRE = preprocess_spec("mobilenet_v3_small", "none", 32)
+
+
+def _means(x: torch.Tensor) -> torch.Tensor:
+    return x.float().mean(dim=(1, 2))  # per-channel means of NHWC pixels: images differ
+
+
+def test_entries_keep_their_job_across_batch_boundaries(tmp_path):
+    """Training jobs (3 views) and eval jobs (1 view) mixed, batches of 4 views: every
+    entry holds the engine's output for its own image's views, in view order."""
+    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i, color=i % 3)) for i in range(7)]
+    jobs = [(p, "train" if i % 2 else "eval") for i, p in enumerate(paths)]
+    store = FeatureCache(tmp_path / "c", "p", PRE, "light", 3)
+    calls = []
+
+    def engine(x):
+        calls.append(len(x))
+        return _means(x)
+
+    assert fill(store, jobs, lambda: engine, batch=4) == len(jobs)
+    assert max(calls) <= 4 and sum(calls) == sum(3 if k == "train" else 1 for _, k in jobs)
+    for p, kind in jobs:
+        want = np.stack(pixel_views(load_image(p, 64), PRE, "light", kind, 3, store.key(p)))
+        got = np.array(store.load(p, kind))
+        assert got.shape == (3 if kind == "train" else 1, 3)
+        assert np.array_equal(got, _means(torch.from_numpy(want)).half().numpy())
+    firsts = {tuple(np.array(store.load(p, k))[0]) for p, k in jobs}
+    assert len(firsts) == len(jobs)  # distinct images, distinct entries: nothing mixed up
+
+
+def test_an_image_that_no_longer_decodes_is_a_data_error_and_earlier_work_is_kept(tmp_path):
+    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(6)]
+    Path(paths[4]).write_bytes(b"not a jpeg any more")
+    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
+    jobs = [(p, "eval") for p in paths]
+    with pytest.raises(DataError, match="4.jpg"):
+        fill(store, jobs, lambda: _means, batch=2)
+    left = FeatureCache(tmp_path / "c", "p", PRE, "none", 1).missing(jobs)
+    assert left == jobs[4:]  # the two batches before the bad image were stored
+
+
+def test_the_engine_is_built_once_while_decoding_starts(tmp_path):
+    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(3)]
+    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
+    built = []
+    fill(store, [(p, "eval") for p in paths], lambda: built.append(1) or _means, batch=1)
+    assert built == [1]
+    assert fill(store, [], lambda: built.append(1) or _means) == 0 and built == [1]
