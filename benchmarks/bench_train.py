@@ -1,7 +1,7 @@
 """mobiletune vs. a hand-written PyTorch loop and PyTorch Lightning, side by side in one process.
 
     .venv/bin/python benchmarks/bench_train.py [--head-epochs 10] [--ft-head 5] [--ft-epochs 3]
-                                               [--views K] [--skip-throughput]
+                                               [--views K] [--only head|finetune] [--skip-throughput]
 
 Needs the bench extra for the Lightning row (`pip install -e '.[bench]'`; without it that row
 is left out). On ../shared hymenoptera with the offline MobileNetV2 weights, each contender
@@ -269,6 +269,7 @@ def main() -> None:
     ap.add_argument("--ft-head", type=int, default=5, help="head epochs of the finetune job")
     ap.add_argument("--ft-epochs", type=int, default=3, help="finetune epochs (3 blocks)")
     ap.add_argument("--views", type=int, default=None, help="default: data.views' default")
+    ap.add_argument("--only", choices=("head", "finetune"), help="run one of the two jobs")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     if not (WEIGHTS.is_file() and DATA.is_dir()):
@@ -281,6 +282,7 @@ def main() -> None:
         t.add_column(col, justify="right")
     jobs = [(f"head {args.head_epochs}", args.head_epochs, 0),
             (f"head {args.ft_head} + ft {args.ft_epochs} (3 blocks)", args.ft_head, args.ft_epochs)]
+    jobs = [j for j in jobs if args.only != ("finetune" if j[2] == 0 else "head")]
     contenders = {"mobiletune": lambda he, fe: ours(he, fe, args.views),
                   "hand-written loop": hand_written,
                   "Lightning + BackboneFinetuning": lightning_run}
