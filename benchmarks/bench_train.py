@@ -294,7 +294,8 @@ def main() -> None:
                 continue
             me = me or r
             ratio = "" if r is me else f"{r.seconds / me.seconds:.1f}x"
-            t.add_row(label, name, f"{r.seconds:.1f}", f"{r.acc:.3f}", _fmt(r.time_to(TARGET)), ratio)
+            t.add_row(label, name, f"{r.seconds:.1f}", f"{r.acc:.3f}", _fmt(r.time_to(TARGET)),
+                      ratio)
             con.print(f"{label} | {name}: {r.seconds:.1f}s acc {r.acc:.3f} "
                       f"to {TARGET}: {_fmt(r.time_to(TARGET))}s {ratio}")
         t.add_section()

@@ -67,7 +67,8 @@ def test_cached_head_gradients_match_live(tmp_path, engine_kind):
 def _normalized(pixels: list) -> torch.Tensor:
     from torchvision.transforms import functional as TF
 
-    return torch.stack([TF.normalize(TF.to_tensor(np.array(p)), PRE["mean"], PRE["std"]) for p in pixels])
+    return torch.stack([TF.normalize(TF.to_tensor(np.array(p)), PRE["mean"], PRE["std"])
+                        for p in pixels])
 
 
 def test_prefix_cached_tail_equals_full_model():

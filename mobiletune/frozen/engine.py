@@ -79,8 +79,10 @@ class OrtEngine:
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.numpy()  # uint8 pixels (a Normalized export) stay uint8
-        out = self.session.run(None, {self.input: a if a.dtype == np.uint8 else a.astype(np.float32)})[0]
+        a = x.numpy()
+        if a.dtype != np.uint8:  # uint8 pixels (a Normalized export) stay uint8
+            a = a.astype(np.float32, copy=False)
+        out = self.session.run(None, {self.input: a})[0]
         return torch.from_numpy(np.ascontiguousarray(out))
 
 
