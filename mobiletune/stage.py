@@ -282,14 +282,16 @@ def state_from_dict(d: dict[str, Any]) -> StageState:
 
 @contextlib.contextmanager
 def stage_threads(spec: StageSpec, data: StageData, device):
-    """One intra-op thread for a cached head stage on CPU, the usual count otherwise.
+    """One intra-op thread for a cached stage on CPU, the usual count otherwise.
 
     A cached head step is a few tiny ops (32 x 1280): splitting them over threads costs
     more than it saves, and on a busy machine a waiting OpenMP team made head epochs 25x
-    slower than one thread (benchmarks/bench_scale.py).
+    slower than one thread (benchmarks/bench_scale.py). A cached finetune step runs the
+    last blocks on 7 x 7 maps, small ops too: on the busy 2-core machine, 8 steps of 3
+    MobileNetV2 blocks took 31-44 s with one thread and 100-118 s with two.
     """
     before = torch.get_num_threads()
-    if device.type == "cpu" and not data.live and spec.unfreeze == 0:
+    if device.type == "cpu" and not data.live:
         torch.set_num_threads(1)
     try:
         yield
