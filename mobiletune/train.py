@@ -144,7 +144,9 @@ class Run:
         self.log(f"{r.stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc "
                  f"{r.train_acc:.4f} val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f}"
                  + (" (best)" if is_best else ""))
-        if time.monotonic() - self.flushed_at >= CHECKPOINT_EVERY_S:
+        # Under torchrun a SIGTERM can leave rank 0 waiting in a collective for a rank that
+        # already stopped, until the launcher kills it: there every epoch is written as it ends.
+        if dist.world_size() > 1 or time.monotonic() - self.flushed_at >= CHECKPOINT_EVERY_S:
             self.flush()
 
     def flush(self) -> None:
