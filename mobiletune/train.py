@@ -137,9 +137,6 @@ class Run:
         if is_best:
             self.pending["best.pt"] = _snapshot(self.checkpoint(resume=False), moving)
         self.pending["last.pt"] = _snapshot(self.checkpoint(resume=True), moving)
-        if not self.started:
-            self.started = True
-            update_latest(self.dir)
         r = state.history[-1]
         self.log(f"{r.stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc "
                  f"{r.train_acc:.4f} val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f}"
@@ -160,6 +157,9 @@ class Run:
             if name in self.pending:
                 save_checkpoint(self.dir / name, self.pending[name])
                 del self.pending[name]  # only once written: an interrupt retries it
+        if not self.started and self.history:  # an epoch is on disk: the run is kept
+            self.started = True
+            update_latest(self.dir)
         self.flushed_at = time.monotonic()
 
     def _done_history(self) -> list:
