@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import os
 import random
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,14 +87,17 @@ def probe(path: Path) -> str | None:
     try:
         if path.stat().st_size == 0:
             return "empty file"
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.draft("RGB", (32, 32))  # a full but cheap decode: JPEG at 1/8 scale
-                img.load()
-                # the rest of load_image: a file that passes here also loads in training
-                _to_rgb(ImageOps.exif_transpose(img))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        with Image.open(path) as img:
+            # The limit is checked here, not by turning PIL's warning into an error: the
+            # scan probes in threads, and warnings.catch_warnings is process-wide state that
+            # one thread's exit restores under another (seen on a 16-core machine).
+            if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{img.width * img.height} pixels")
+            img.draft("RGB", (32, 32))  # a full but cheap decode: JPEG at 1/8 scale
+            img.load()
+            # the rest of load_image: a file that passes here also loads in training
+            _to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError:
         return f"larger than PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)"
     except OSError as e:
         return f"unreadable: {str(e).splitlines()[0][:120] or type(e).__name__}"

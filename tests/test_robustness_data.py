@@ -161,3 +161,23 @@ def test_messy_folder_trains_and_every_file_is_accounted_for(tmp_path, monkeypat
     assert [(r["stage"], r["epoch"]) for r in rows] == [("head", "1"), ("finetune", "0"),
                                                         ("finetune", "1")]
     assert all(np.isfinite(float(r["val_loss"])) for r in rows)
+
+
+def test_decompression_bomb_is_caught_when_probed_from_many_threads(tmp_path, monkeypatch):
+    """The scan probes in threads: the limit must hold in every thread at once (a per-call
+    warnings filter is process-wide state that another thread's exit can undo)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mobiletune.data import probe
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    bombs = [save(rgb((80, 80)), tmp_path / f"bomb{i}.png") for i in range(8)]
+    fine = [save(rgb((40, 40)), tmp_path / f"ok{i}.png") for i in range(8)]
+    paths = (bombs + fine) * 25
+    with ThreadPoolExecutor(16) as pool:
+        reasons = list(pool.map(probe, paths))
+    for path, reason in zip(paths, reasons):
+        if path in bombs:
+            assert reason and "decompression-bomb" in reason, path
+        else:
+            assert reason is None, (path, reason)
