@@ -231,6 +231,21 @@ def check_int8(out: Outputs, fmt: str, max_drop: float, path: Path, final: Path)
             f"{path} is fine: ship it, or allow a larger drop with --max-drop.")
 
 
+def checked_report(fmt: str, path: Path, res: Outputs, runners: dict[str, Runner],
+                   sizes: dict[str, int], int8_path: Path | None, float_blocks: int | None,
+                   latency_budget_s: float, progress: Callable[[str], None]) -> ExportReport:
+    """Time every runner at batch 1 and report the parity check in `res` against PyTorch."""
+    from mobiletune.profile import time_ms
+
+    progress("timing batch-1 latency")
+    # warm-up calls: TorchScript's profiling executor optimizes the graph during its first ones
+    latency = {k: time_ms(lambda r=r: r(res.first), budget_s=latency_budget_s, warmup=3)
+               for k, r in runners.items()}
+    return ExportReport(fmt, path, len(res.labels), res.agreement("pytorch", fmt),
+                        res.max_diff("pytorch", fmt), {k: res.accuracy(k) for k in runners},
+                        latency, sizes, int8_path, float_blocks)
+
+
 def _check_format(fmt: str, int8: bool, uint8_input: bool) -> None:
     if fmt not in FILE_NAMES:
         raise ConfigError(f"Unknown export format {fmt!r}; choose {', '.join(FILE_NAMES)}.",
@@ -288,7 +303,6 @@ def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, in
     (`deploy.mobile`): uint8 image in, probabilities out. An earlier export is never
     replaced (see `_target`) unless `force`."""
     from mobiletune.checkpoint import model_from_checkpoint
-    from mobiletune.profile import time_ms
 
     _check_format(fmt, int8, uint8_input)
     if fmt in ("tflite", "coreml") or uint8_input:
@@ -326,10 +340,5 @@ def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, in
     finally:
         if tmp:
             tmp.unlink(missing_ok=True)  # refused or interrupted: no half-made int8 file
-    progress("timing batch-1 latency")
-    # TorchScript's profiling executor optimizes the graph during its first calls
-    latency = {k: time_ms(lambda r=r: r(res.first), budget_s=latency_budget_s, warmup=3)
-               for k, r in runners.items()}
-    return ExportReport(fmt, path, len(res.labels), res.agreement("pytorch", fmt),
-                        res.max_diff("pytorch", fmt), {k: res.accuracy(k) for k in runners},
-                        latency, sizes, final, float_blocks)
+    return checked_report(fmt, path, res, runners, sizes, final, float_blocks,
+                          latency_budget_s, progress)

@@ -20,7 +20,8 @@ from torch import nn
 
 from mobiletune.data import Sample, load_image
 from mobiletune.deploy.export import (CALIB_IMAGES, ExportReport, Outputs, check_int8,
-                                      check_samples, metadata, state_dict_bytes, torch_runner)
+                                      check_samples, checked_report, metadata,
+                                      state_dict_bytes, torch_runner)
 from mobiletune.deploy.runtime import crop_uint8, normalize
 from mobiletune.errors import ConfigError, DataError
 
@@ -124,7 +125,6 @@ def export_mobile(ckpt: dict, fmt: str, path: Path, *, int8: bool = False,
     when its val accuracy drops more than `max_drop` below the float export's."""
     from mobiletune.checkpoint import model_from_checkpoint
     from mobiletune.deploy.backends import open_backend
-    from mobiletune.profile import time_ms
 
     check_options(fmt, int8)
     torch.set_flush_denormal(True)
@@ -160,12 +160,8 @@ def export_mobile(ckpt: dict, fmt: str, path: Path, *, int8: bool = False,
     finally:
         if int8_path:
             tmp.unlink(missing_ok=True)  # refused or interrupted: no half-made int8 file
-    progress("timing batch-1 latency")
-    latency = {k: time_ms(lambda r=r: r(res.first), budget_s=latency_budget_s, warmup=3)
-               for k, r in runners.items()}
-    return ExportReport(fmt, path, len(labels), res.agreement("pytorch", fmt),
-                        res.max_diff("pytorch", fmt), {k: res.accuracy(k) for k in runners},
-                        latency, sizes, int8_path, 0 if int8_path else None)
+    return checked_report(fmt, path, res, runners, sizes, int8_path, 0 if int8_path else None,
+                          latency_budget_s, progress)
 
 
 def _size(path: Path) -> int:
