@@ -226,3 +226,18 @@ def test_cli_export_prints_parity_and_maps_errors_to_exit_2(tmp_path, monkeypatc
     assert bad.exit_code == 2 and "not found" in bad.output
     bad = runner.invoke(app, ["export", "--checkpoint", str(run), "--format", "keras"])
     assert bad.exit_code == 2 and "coreml" in bad.output  # the choices are named
+
+
+def test_int8_partial_is_removed_when_quantizing_fails(tmp_path):
+    """Both int8 paths (ONNX and TFLite) write through int8_partial: a quantizer that fails
+    half-way leaves neither the .partial file nor a final int8 file."""
+    from mobiletune.deploy.export import int8_partial
+
+    final = tmp_path / "model.int8.tflite"
+    with pytest.raises(RuntimeError):
+        with int8_partial(final) as tmp:
+            tmp.write_bytes(b"half a model")
+            raise RuntimeError("quantizer failed")
+    assert not list(tmp_path.iterdir())
+    with int8_partial(None) as tmp:
+        assert tmp is None

@@ -8,6 +8,7 @@ the run (its splits.csv, or `--data`), decoded once and fed to every model side 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -220,6 +221,27 @@ def int8_path_for(path: Path) -> Path:
     return path.with_name(f"{path.stem}.int8{path.suffix or '.onnx'}")
 
 
+@contextlib.contextmanager
+def int8_partial(final: Path | None) -> Iterator[Path | None]:
+    """The temporary name an int8 model is written to before `keep_int8` renames it to
+    `final`; removed on the way out, so a refused or interrupted export leaves no half-made
+    file. None when no int8 model is asked for."""
+    tmp = final.with_name(f".{final.name}.partial") if final else None
+    try:
+        yield tmp
+    finally:
+        if tmp:
+            tmp.unlink(missing_ok=True)
+
+
+def keep_int8(out: Outputs, fmt: str, max_drop: float, path: Path, tmp: Path,
+              final: Path) -> None:
+    """Rename the int8 model at `tmp` to `final`, or refuse it (exit 2) when its val accuracy
+    drops more than `max_drop` below the float export's."""
+    check_int8(out, fmt, max_drop, path, final)
+    os.replace(tmp, final)
+
+
 def check_int8(out: Outputs, fmt: str, max_drop: float, path: Path, final: Path) -> None:
     drop = out.accuracy(fmt) - out.accuracy("int8")
     if drop > max_drop:
@@ -321,9 +343,8 @@ def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, in
     runners = {"pytorch": torch_runner(model), fmt: _write(model, fmt, path, meta, pre["crop"])}
     sizes = {"pytorch": state_dict_bytes(model), fmt: os.path.getsize(path)}
     final = int8_path_for(path) if int8 else None
-    tmp = final.with_name(f".{final.name}.partial") if final else None
     float_blocks = None
-    try:
+    with int8_partial(final) as tmp:
         if tmp:
             progress(f"calibrating int8 ranges on up to {CALIB_IMAGES} training images")
             # half the budget on calibration images leaves room for the val check below
@@ -335,10 +356,6 @@ def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, in
         progress(f"checking parity on {len(val)} validation images")
         res = collect(val, pre, runners)
         if tmp:
-            check_int8(res, fmt, max_drop, path, final)
-            os.replace(tmp, final)
-    finally:
-        if tmp:
-            tmp.unlink(missing_ok=True)  # refused or interrupted: no half-made int8 file
+            keep_int8(res, fmt, max_drop, path, tmp, final)
     return checked_report(fmt, path, res, runners, sizes, final, float_blocks,
                           latency_budget_s, progress)

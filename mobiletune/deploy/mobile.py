@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from mobiletune.data import Sample, load_image
-from mobiletune.deploy.export import (CALIB_IMAGES, ExportReport, Outputs, check_int8,
-                                      check_samples, checked_report, metadata,
+from mobiletune.deploy.export import (CALIB_IMAGES, ExportReport, Outputs, check_samples,
+                                      checked_report, int8_partial, keep_int8, metadata,
                                       state_dict_bytes, torch_runner)
 from mobiletune.deploy.runtime import crop_uint8, normalize
 from mobiletune.errors import ConfigError, DataError
@@ -143,23 +143,18 @@ def export_mobile(ckpt: dict, fmt: str, path: Path, *, int8: bool = False,
     reference = torch_runner(model)
     runners = {"pytorch": lambda c: reference(normalize(c, pre)), fmt: open_backend(path).run}
     int8_path = path.with_name(f"{path.stem}.int8{path.suffix}") if int8 else None
-    if int8_path:
-        from mobiletune.deploy.backends import tflite_backend
-        from mobiletune.deploy.tflite import quantize
+    with int8_partial(int8_path) as tmp:
+        if tmp:
+            from mobiletune.deploy.backends import tflite_backend
+            from mobiletune.deploy.tflite import quantize
 
-        progress(f"quantizing to int8 with ranges from up to {CALIB_IMAGES} training images")
-        tmp = int8_path.with_name(f".{int8_path.name}.partial")
-        tmp.write_bytes(quantize(path.read_bytes(), _calibration(train, pre)))
-        runners["int8"], sizes["int8"] = tflite_backend(tmp).run, os.path.getsize(tmp)
-    try:
+            progress(f"quantizing to int8 with ranges from up to {CALIB_IMAGES} training images")
+            tmp.write_bytes(quantize(path.read_bytes(), _calibration(train, pre)))
+            runners["int8"], sizes["int8"] = tflite_backend(tmp).run, os.path.getsize(tmp)
         progress(f"checking {fmt} in its runtime on {len(labels)} validation images")
         res = Outputs({k: _batched(r, crops) for k, r in runners.items()}, labels, crops[:1])
-        if int8_path:
-            check_int8(res, fmt, max_drop, path, int8_path)
-            os.replace(tmp, int8_path)
-    finally:
-        if int8_path:
-            tmp.unlink(missing_ok=True)  # refused or interrupted: no half-made int8 file
+        if tmp:
+            keep_int8(res, fmt, max_drop, path, tmp, int8_path)
     return checked_report(fmt, path, res, runners, sizes, int8_path, 0 if int8_path else None,
                           latency_budget_s, progress)
 
