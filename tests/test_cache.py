@@ -191,7 +191,8 @@ def test_moved_folder_hits_and_edited_bytes_miss(tmp_path):
     assert FeatureCache(tmp_path / "c", "p", PRE, "none", 1).missing(jobs2) == [jobs2[0]]
 
 
-def test_a_killed_fill_leaves_no_visible_half_pack(tmp_path):
+def test_a_killed_fill_leaves_no_visible_half_pack(tmp_path, monkeypatch):
+    monkeypatch.setattr("mobiletune.frozen.fill.workers", lambda: 1)  # calls in job order
     paths = [str(make_image(tmp_path / f"{i}.jpg", seed=i)) for i in range(4)]
     store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
     store.store.pack_bytes = 1  # a pack per entry

@@ -1,4 +1,4 @@
-"""The cache fill pipeline (frozen/fill.py): decode ahead, engine, writer, in job order."""
+"""The cache fill (frozen/fill.py): a worker per core decodes and runs the engine; a writer stores."""
 
 from __future__ import annotations
 
@@ -64,3 +64,51 @@ def test_the_engine_is_built_once_while_decoding_starts(tmp_path):
     fill(store, [(p, "eval") for p in paths], lambda: built.append(1) or _means, batch=1)
     assert built == [1]
     assert fill(store, [], lambda: built.append(1) or _means) == 0 and built == [1]
+
+
+def _overlap_engine(concurrent: bool):
+    """An engine that records how many of its calls ran at the same time."""
+    import threading
+    import time
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def engine(x):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        return _means(x)
+
+    engine.concurrent = concurrent
+    return engine, state
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_only_a_concurrent_engine_is_called_from_several_workers(tmp_path, monkeypatch, concurrent):
+    """One worker per core decodes and runs the engine; an engine that uses every core
+    itself (not `concurrent`) must run one call at a time, or threads oversubscribe."""
+    monkeypatch.setattr("mobiletune.frozen.fill.workers", lambda: 3)
+    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(9)]
+    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
+    engine, state = _overlap_engine(concurrent)
+    jobs = [(p, "eval") for p in paths]
+    assert fill(store, jobs, lambda: engine, batch=1) == 9
+    assert state["most"] == (3 if concurrent else 1)
+    assert store.missing(jobs) == []
+
+
+def test_an_engine_that_fails_to_build_fails_the_fill_and_stores_nothing(tmp_path):
+    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(4)]
+    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
+
+    def broken():
+        raise RuntimeError("no engine")
+
+    jobs = [(p, "eval") for p in paths]
+    with pytest.raises(RuntimeError, match="no engine"):
+        fill(store, jobs, broken, batch=1)
+    assert store.missing(jobs) == jobs

@@ -72,10 +72,13 @@ class OrtEngine:
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path) -> None:
+    def __init__(self, onnx_path: Path, concurrent: bool = False) -> None:
+        """`concurrent`: run each call on the caller's thread alone (one intra-op thread), for
+        callers that call from one thread per core (frozen/fill.py); else use every core."""
         from mobiletune.deploy.runtime import make_session
 
-        self.session = make_session(onnx_path, torch.get_num_threads())
+        self.concurrent = concurrent
+        self.session = make_session(onnx_path, 1 if concurrent else torch.get_num_threads())
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,9 +126,10 @@ def onnx_cache_path(module: nn.Module, cache_dir: Path, size: int) -> Path:
 
 
 def frozen_engine(module: nn.Module, device: torch.device, cache_dir: Path | None, size: int,
-                  prefer: str = "auto", pixels: dict | None = None):
+                  prefer: str = "auto", pixels: dict | None = None, concurrent: bool = False):
     """ONNX Runtime on CPU when it is available and exports cleanly; PyTorch otherwise.
-    With `pixels` (a preprocessing spec: mean, std) the engine takes uint8 NHWC images."""
+    With `pixels` (a preprocessing spec: mean, std) the engine takes uint8 NHWC images;
+    `concurrent` asks for one thread per call where the engine allows it (OrtEngine)."""
     if pixels is not None:
         module = Normalized(module, pixels["mean"], pixels["std"])
     if device.type != "cpu" or prefer == "pytorch" or cache_dir is None:
@@ -134,6 +138,6 @@ def frozen_engine(module: nn.Module, device: torch.device, cache_dir: Path | Non
         path = onnx_cache_path(module, cache_dir, size)
         if not path.is_file():
             export_onnx(module, path, size)
-        return OrtEngine(path)
+        return OrtEngine(path, concurrent)
     except Exception:  # no onnxruntime, an op it lacks: PyTorch is slower but always works
         return TorchEngine(module, device)

@@ -179,7 +179,8 @@ def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> No
 
     def fill() -> None:
         fill_missing(store, mine,  # the engine is exported while the first images decode
-                     lambda: frozen_engine(prefix, device, root, pre["crop"], pixels=pre),
+                     lambda: frozen_engine(prefix, device, root, pre["crop"], pixels=pre,
+                                           concurrent=True),
                      on_progress=lambda d, t: callbacks.on_progress("cache", d, t))
 
     dist.agree(fill)  # doubles as the barrier: every share is written
