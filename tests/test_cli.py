@@ -26,11 +26,19 @@ def trained(tmp_path_factory):
     cfg = tiny_config(tmp, data, data={"cache": False})
     res = runner.invoke(app, ["train", "--config", str(cfg), "--quiet", "--epochs", "2"])
     assert res.exit_code == 0, res.output
-    return tmp, data, cfg
+    return tmp, data, cfg, res.output
+
+
+def test_quiet_prints_no_epoch_lines_but_the_log_keeps_them(trained):
+    tmp, _, _, output = trained
+    assert "head 1:" not in output and "head 2:" not in output
+    assert "done." in output and "run directory:" in output  # the summary still comes
+    log = (tmp / "runs" / "t" / "train.log").read_text()
+    assert "head epoch 1:" in log and "head epoch 2:" in log
 
 
 def test_train_writes_the_run_directory(trained):
-    tmp, data, cfg = trained
+    tmp, data, cfg, _ = trained
     run = tmp / "runs" / "t"
     for name in ("config.yaml", "metrics.csv", "best.pt", "last.pt", "splits.csv",
                  "skipped.csv", "train.log", "curves.png"):
@@ -46,7 +54,7 @@ def test_train_writes_the_run_directory(trained):
 
 
 def test_checkpoint_round_trip_gives_identical_logits(trained):
-    tmp, _, _ = trained
+    tmp, _, _, _ = trained
     ckpt = load_checkpoint(tmp / "runs" / "t")
     a, b = model_from_checkpoint(ckpt), model_from_checkpoint(ckpt)
     x = torch.randn(3, 3, 32, 32)
@@ -55,14 +63,14 @@ def test_checkpoint_round_trip_gives_identical_logits(trained):
 
 
 def test_second_run_with_same_name_is_kept_beside(trained):
-    tmp, _, cfg = trained
+    tmp, _, cfg, _ = trained
     res = runner.invoke(app, ["train", "--config", str(cfg), "--quiet", "--epochs", "1"])
     assert res.exit_code == 0, res.output
     assert (tmp / "runs" / "t" / "best.pt").is_file() and (tmp / "runs" / "t-2" / "best.pt").is_file()
 
 
 def test_finetune_makes_a_child_run(trained):
-    tmp, _, _ = trained
+    tmp, _, _, _ = trained
     res = runner.invoke(app, ["finetune", "--from", str(tmp / "runs" / "t"), "--unfreeze", "2",
                               "--lr", "1e-4", "--epochs", "1", "--quiet"])
     assert res.exit_code == 0, res.output
@@ -73,7 +81,7 @@ def test_finetune_makes_a_child_run(trained):
 
 
 def test_predict_json_lines(trained):
-    tmp, data, _ = trained
+    tmp, data, _, _ = trained
     files = sorted(str(p) for p in (data / "red").glob("*.jpg"))[:3]
     bad = tmp / "broken.jpg"
     bad.write_text("nope")
@@ -90,7 +98,7 @@ def test_predict_json_lines(trained):
 
 
 def test_predict_errors_exit_2(trained, tmp_path):
-    tmp, data, _ = trained
+    tmp, data, _, _ = trained
     res = runner.invoke(app, ["predict", str(data), "--checkpoint", str(tmp_path / "none.pt")])
     assert res.exit_code == 2 and "not found" in res.output
     bad = tmp_path / "x.jpg"
@@ -141,7 +149,7 @@ def test_predict_with_an_exported_onnx_file(tmp_path):
 
 
 def test_finetune_without_unfreeze_takes_three_blocks(trained):
-    tmp, _, _ = trained
+    tmp, _, _, _ = trained
     res = runner.invoke(app, ["finetune", "--from", str(tmp / "runs" / "t"), "--epochs", "1",
                               "--name", "default-unfreeze", "--quiet"])
     assert res.exit_code == 0, res.output

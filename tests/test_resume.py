@@ -165,7 +165,7 @@ def _start(cfg: Path, tmp: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MOBILETUNE_CACHE": str(tmp / "cache"),
            "OMP_NUM_THREADS": "1"}  # as one_thread does in-process
     return subprocess.Popen([sys.executable, "-m", "mobiletune", "train", "--config", str(cfg),
-                             "-q", "--epochs", "10000"], stderr=subprocess.PIPE, text=True,
+                             "--epochs", "10000"], stderr=subprocess.PIPE, text=True,
                             env=env, cwd=tmp, **kw)
 
 

@@ -43,7 +43,7 @@ Name = from_config("name", "run name: <out>/<name>, then <name>-2, ...", "--name
 Set = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", show_default=False,
                    rich_help_panel=RUN, help="any config key (see configs/cats.yaml); repeatable")
 Quiet = typer.Option(False, "--quiet", "-q", rich_help_panel=OUTPUT,
-                     help="no progress bars or stage tables")
+                     help="no progress bars, stage tables or epoch lines (train.log and metrics.csv keep them)")
 
 
 def overrides(pairs: dict[str, Any], sets: Optional[list[str]]) -> list[tuple[str, Any]]:

@@ -85,6 +85,8 @@ class RichCallbacks(Callbacks):
         if self.progress:
             self.progress.stop()
             self.progress = None
+        if self.quiet:  # auto epochs run 40-60 of them: the record is train.log + metrics.csv
+            return
         star = " [green]*best[/]" if improved else ""
         if r.epoch == 0:  # a finetune stage scores the model it starts from first
             err.print(f"{r.stage} 0 (start): val loss {r.val_loss:.4f} acc {r.val_acc:.3f}{star}",
