@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
 
 from mobiletune.schema import ARCHS
+from mobiletune.vision import models
 from mobiletune.errors import ConfigError, WeightsError
 
 _BUILDERS = {"mobilenet_v2": (models.mobilenet_v2, models.MobileNet_V2_Weights),

@@ -17,9 +17,9 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torchvision.ops import SqueezeExcitation
 
 from mobiletune.model import build_model
+from mobiletune.vision import ops
 
 # (parameters, multiply-adds) at 224 px with the 1000-class head, as published:
 # MobileNetV2 (Sandler et al., 2018) and MobileNetV3 (Howard et al., 2019).
@@ -113,7 +113,7 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Layer], dict[str, t
     for name, block in blocks:
         for m in block.modules():
             owner.setdefault(m, name)
-            if isinstance(m, SqueezeExcitation):
+            if isinstance(m, ops.SqueezeExcitation):
                 in_se.update(m.modules())
     layers: list[_Layer] = []
     shapes: dict[str, tuple] = {}

@@ -19,7 +19,7 @@ _SCALES = {"light": (0.35, 1.0), "standard": (0.08, 1.0)}
 
 def eval_transform(pre: dict):
     """PIL image -> normalized tensor, exactly the weights' eval preprocessing."""
-    from torchvision import transforms as T
+    from mobiletune.vision import transforms as T
 
     return T.Compose([T.Resize(pre["resize"]), T.CenterCrop(pre["crop"]), T.ToTensor(),
                       T.Normalize(pre["mean"], pre["std"])])
@@ -27,7 +27,7 @@ def eval_transform(pre: dict):
 
 def train_transform(pre: dict, augment: str):
     """Training augmentation: none (eval view), light, or standard (the tutorial recipe)."""
-    from torchvision import transforms as T
+    from mobiletune.vision import transforms as T
 
     if augment == "none":
         return eval_transform(pre)
@@ -51,7 +51,7 @@ def _crop_box(w: int, h: int, scale: tuple[float, float], rng: random.Random) ->
 def _augmented_image(img: Image.Image, pre: dict, augment: str, rng: random.Random) -> Image.Image:
     """One training view drawn from `rng` alone (thread-safe, reproducible): the same
     distribution as `train_transform`, without touching torch's global RNG."""
-    from torchvision.transforms import functional as TF
+    from mobiletune.vision import functional as TF
 
     top, left, ch, cw = _crop_box(img.width, img.height, _SCALES[augment], rng)
     view = TF.resized_crop(img, top, left, ch, cw, [pre["crop"], pre["crop"]], antialias=True)
@@ -61,7 +61,7 @@ def _augmented_image(img: Image.Image, pre: dict, augment: str, rng: random.Rand
 def eval_pixels(img: Image.Image, pre: dict):
     """The eval view as uint8 HWC pixels: `eval_transform` before ToTensor and Normalize."""
     import numpy as np
-    from torchvision.transforms import functional as TF
+    from mobiletune.vision import functional as TF
 
     return np.asarray(TF.center_crop(TF.resize(img, pre["resize"]), pre["crop"]))
 

@@ -62,10 +62,10 @@ def code_version() -> str:
     """A hash of the code that turns a file into network input (decode and transforms) and
     of the library versions that compute the numbers: any change there is a new cache."""
     import PIL
-    import torchvision
 
     from mobiletune import data, transforms
     from mobiletune.frozen.engine import Normalized  # the normalization runs in the engine
+    from mobiletune.vision import torchvision
 
     try:
         import onnxruntime
