@@ -104,10 +104,15 @@ class Predictor:
         probs = np.full((len(images), len(self.class_names)), np.nan, dtype=np.float32)
         errors: list[tuple[Any, str]] = []
         self.backend.prepare(len(images))
+        starts = range(0, len(images), batch_size)
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for start in range(0, len(images), batch_size):
+            # the next batch decodes while the model runs on this one
+            ahead = [pool.submit(self._crop, x) for x in images[:batch_size]]
+            for start in starts:
                 chunk = list(images[start:start + batch_size])
-                crops = list(pool.map(self._crop, chunk))
+                crops = [f.result() for f in ahead]
+                ahead = [pool.submit(self._crop, x)
+                         for x in images[start + batch_size:start + 2 * batch_size]]
                 ok = [i for i, c in enumerate(crops) if not isinstance(c, str)]
                 errors += [(chunk[i], c) for i, c in enumerate(crops) if isinstance(c, str)]
                 if ok:

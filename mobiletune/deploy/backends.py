@@ -59,22 +59,22 @@ def float_runner(logits_fn: Callable[[np.ndarray], np.ndarray], pre: dict) -> Ru
 
 
 def torch_backend(model, class_names: list[str], pre: dict, info: dict) -> Backend:
-    """A PyTorch module; large batches of work go to ONNX Runtime (see `_engine_for`)."""
+    """A PyTorch module; its frozen part goes to ONNX Runtime for large batches of work
+    (see `_engine_for`)."""
     import torch
 
     engine: list = []
 
     def prepare(n: int) -> None:
         if not engine:
-            engine.append(_engine_for(model, pre["crop"], n))
+            engine.append(_engine_for(model, pre, n))
 
-    def logits(x: np.ndarray) -> np.ndarray:
-        prepare(len(x))
+    def run(crops: np.ndarray) -> np.ndarray:
+        prepare(len(crops))
         with torch.inference_mode():
-            return engine[0](torch.from_numpy(x)).float().numpy()
+            return softmax(engine[0](torch.from_numpy(np.ascontiguousarray(crops))).float().numpy())
 
-    return Backend(float_runner(logits, pre), list(class_names), pre, "pytorch", info, prepare,
-                   model)
+    return Backend(run, list(class_names), pre, "pytorch", info, prepare, model)
 
 
 # Exporting to ONNX Runtime costs a few seconds once, then runs 3x faster on CPU: worth it
@@ -82,17 +82,24 @@ def torch_backend(model, class_names: list[str], pre: dict, info: dict) -> Backe
 ORT_FROM = 64
 
 
-def _engine_for(model, size: int, n: int):
-    """The fast path `train` uses for frozen compute: ONNX Runtime on CPU, cached."""
+def _engine_for(model, pre: dict, n: int):
+    """uint8 NHWC crops -> logits, the fast way for `n` images. Everything but the head
+    (HeadPrefix) runs in ONNX Runtime, exported once and cached by its weights: a head-only
+    run finds the very file its cache fill exported, so scoring it exports nothing. The head
+    runs in PyTorch. For a few images with nothing cached, all of it runs in PyTorch."""
     import torch
 
     from mobiletune.frozen.cache import cache_root
-    from mobiletune.frozen.engine import TorchEngine, frozen_engine, onnx_cache_path
+    from mobiletune.frozen.engine import Normalized, TorchEngine, frozen_engine, onnx_cache_path
+    from mobiletune.model import HeadPrefix
 
-    cpu, root = torch.device("cpu"), cache_root()
-    if n >= ORT_FROM or onnx_cache_path(model, root, size).is_file():
-        return frozen_engine(model, cpu, root, size)
-    return TorchEngine(model, cpu)
+    cpu, root, size = torch.device("cpu"), cache_root(), pre["crop"]
+    prefix = HeadPrefix(model).eval()
+    if n >= ORT_FROM or onnx_cache_path(Normalized(prefix, pre["mean"], pre["std"]), root,
+                                        size).is_file():
+        features, head = frozen_engine(prefix, cpu, root, size, pixels=pre), model.classifier[-1]
+        return lambda x: head.eval()(features(x))
+    return TorchEngine(Normalized(model, pre["mean"], pre["std"]), cpu)
 
 
 def load_torchscript(path: str | os.PathLike):
