@@ -13,9 +13,9 @@ head's init and order) and `small`, a flat subset cut from it (60 images per cla
 
 Accuracy is the run's reported val accuracy (scored live, the number `evaluate` gives),
 ECE is cross-fit on val (temperature fitted on one half, measured on the other), and
-seconds are wall time of the `train` call with a warm feature cache, per-epoch last.pt
-writes skipped (see `lean`). Results accumulate in
-`--out`, so an interrupted sweep continues where it stopped.
+seconds are wall time of the `train` call in this process (imports excluded) with a warm
+feature cache. Results accumulate in `--out`, so an interrupted sweep continues where it
+stopped.
 
     .venv/bin/python benchmarks/bench_accuracy.py --baseline-src DIR [--reps 3]
 
@@ -148,20 +148,8 @@ SETTINGS = {
 }
 
 
-def lean() -> None:
-    """Skip the per-epoch last.pt writes (best.pt, which the final score reads, stays): on a
-    busy 2-core machine they dominate a 100-epoch head run, and this measures accuracy.
-    The `--baseline-src` timing runs the real CLI."""
-    from mobiletune import train as pipeline
-
-    write = pipeline.save_checkpoint
-    pipeline.save_checkpoint = lambda path, ckpt: None if Path(path).name == "last.pt" \
-        else write(path, ckpt)
-
-
 def sweep(seeds: list[int], out: Path) -> dict:
     """Every (data set, setting, seed); results accumulate in `out`."""
-    lean()
     results = json.loads(out.read_text()) if out.is_file() else {}
     for seed in seeds:  # seed-major: a partial sweep still covers both data sets
         for name, make in DATASETS.items():
@@ -214,11 +202,13 @@ def table(results: dict) -> None:
 
 
 def timing(baseline_src: Path, reps: int) -> None:
-    """Wall time of a default `mobiletune train` on hymenoptera (warm cache, a fresh process
-    each, imports included), this tree vs `baseline_src` (e.g. `git archive` of the commit
-    before issue 10), alternated so that machine noise hits both alike."""
+    """Wall time of a default `mobiletune train` on hymenoptera (a fresh process each, imports
+    included), this tree vs `baseline_src` (e.g. `git archive` of the commit before issue 10),
+    alternated so that machine noise hits both alike: with a warm feature cache, and cold
+    (an empty cache per run, as a user's first run on a folder)."""
     import subprocess
     import sys
+    import tempfile
 
     import numpy as np
     from rich.console import Console
@@ -227,21 +217,27 @@ def timing(baseline_src: Path, reps: int) -> None:
     here = Path(__file__).resolve().parents[1]
     args = [sys.executable, "-m", "mobiletune", "train", "--arch", "mobilenet_v2", "--weights",
             str(WEIGHTS), "--data", str(HYMENOPTERA), "--out", str(WORK / "timing"), "-q"]
-    times: dict[str, list[float]] = {"before issue 10 (5 epochs)": [], "this tree (auto)": []}
-    for _ in range(reps + 1):  # the first round warms the cache and the ONNX engines
-        for label, src in zip(times, (baseline_src, here)):
-            start = time.perf_counter()
-            subprocess.run(args, check=True, env={**os.environ, "PYTHONPATH": str(src)},
-                           capture_output=True, timeout=900)
-            times[label].append(time.perf_counter() - start)
-    t = Table(title=f"default `train` on hymenoptera, wall seconds, median of {reps} "
-                    "(warm cache, fresh process)")
-    for col in ("code", "seconds", "vs before"):
+    codes = {"before issue 10 (5 epochs)": baseline_src, "this tree (auto)": here}
+    times = {(label, cache): [] for label in codes for cache in ("warm", "cold")}
+    for rep in range(reps + 1):  # round 0 warms the shared cache and the ONNX engines
+        for cache in ("warm", "cold"):
+            for label, src in codes.items():
+                with tempfile.TemporaryDirectory() as tmp:
+                    env = {**os.environ, "PYTHONPATH": str(src)}
+                    if cache == "cold":
+                        env["MOBILETUNE_CACHE"] = tmp
+                    start = time.perf_counter()
+                    subprocess.run(args, check=True, env=env, capture_output=True, timeout=900)
+                    if rep:
+                        times[(label, cache)].append(time.perf_counter() - start)
+    t = Table(title=f"default `train` on hymenoptera, wall seconds (fresh process), median of "
+                    f"{reps}")
+    for col in ("code", "cache", "seconds", "vs before"):
         t.add_column(col, justify="right")
-    base = float(np.median(times["before issue 10 (5 epochs)"][1:]))
-    for label, ts in times.items():
-        med = float(np.median(ts[1:]))
-        t.add_row(label, f"{med:.1f}", f"{med / base:.2f}x")
+    for (label, cache), ts in times.items():
+        base = float(np.median(times[("before issue 10 (5 epochs)", cache)]))
+        med = float(np.median(ts))
+        t.add_row(label, cache, f"{med:.1f}", f"{med / base:.2f}x")
     Console().print(t)
 
 

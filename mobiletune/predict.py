@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from mobiletune.data import IMAGE_EXTENSIONS, load_image
 from mobiletune.deploy.backends import Backend, open_backend
 from mobiletune.deploy.runtime import crop_uint8
 from mobiletune.errors import DataError
+from mobiletune.parallel import Completed, calling, workers
 
 
 @dataclass
@@ -100,26 +102,35 @@ class Predictor:
                       on_batch: Callable[[int], None] | None = None
                       ) -> tuple[np.ndarray, list[tuple[Any, str]]]:
         """Probabilities [len(images), C] (NaN rows where an input failed) and (input, error)
-        pairs, for paths or PIL images."""
+        pairs in input order, for paths or PIL images. One worker per core decodes a batch
+        and runs the model on it (mobiletune/parallel.py)."""
         probs = np.full((len(images), len(self.class_names)), np.nan, dtype=np.float32)
-        errors: list[tuple[Any, str]] = []
+        errors: list[tuple[int, str]] = []
         self.backend.prepare(len(images))
-        starts = range(0, len(images), batch_size)
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            # the next batch decodes while the model runs on this one
-            ahead = [pool.submit(self._crop, x) for x in images[:batch_size]]
-            for start in starts:
-                chunk = list(images[start:start + batch_size])
-                crops = [f.result() for f in ahead]
-                ahead = [pool.submit(self._crop, x)
-                         for x in images[start + batch_size:start + 2 * batch_size]]
-                ok = [i for i, c in enumerate(crops) if not isinstance(c, str)]
-                errors += [(chunk[i], c) for i, c in enumerate(crops) if isinstance(c, str)]
+        if self.backend.concurrent:  # smaller batches: less idle time at the end
+            batch_size = min(batch_size, 16)
+        batches = [range(s, min(s + batch_size, len(images)))
+                   for s in range(0, len(images), batch_size)]
+        lock = threading.Lock()
+
+        def work(idx: range) -> tuple[list[int], list[tuple[int, str]], np.ndarray | None]:
+            crops = [self._crop(images[i]) for i in idx]
+            ok = [i for i, c in zip(idx, crops) if not isinstance(c, str)]
+            bad = [(i, c) for i, c in zip(idx, crops) if isinstance(c, str)]
+            if not ok:
+                return ok, bad, None
+            with calling(self.backend, lock):
+                return ok, bad, self.backend.run(np.stack([c for c in crops
+                                                           if not isinstance(c, str)]))
+
+        with ThreadPoolExecutor(workers(), thread_name_prefix="predict") as pool:
+            for idx, (ok, bad, out) in Completed(pool, work, batches, workers()):
                 if ok:
-                    probs[[start + i for i in ok]] = self.backend.run(np.stack([crops[i] for i in ok]))
+                    probs[ok] = out
+                errors += bad
                 if on_batch:
-                    on_batch(len(chunk))
-        return probs, errors
+                    on_batch(len(idx))
+        return probs, [(images[i], why) for i, why in sorted(errors)]
 
     def predict(self, images, top_k: int = 5, batch_size: int = 32,
                 on_batch: Callable[[int], None] | None = None) -> list[Prediction]:

@@ -121,3 +121,23 @@ def test_unreadable_inputs_get_errors_the_rest_predicted_exit_2(live, tmp_path):
     assert res.exit_code == 2
     assert "error: 2 of 4 input(s) could not be read" in res.stderr
     assert "bees" in res.stdout or "ants" in res.stdout  # the others are in the table
+
+
+def test_batches_on_several_workers_keep_every_result_with_its_input(live, tmp_path, monkeypatch):
+    """Batches finish in any order on several workers: each probability row and each error
+    must still land on its own input (distinct errors, rows checked one image at a time)."""
+    monkeypatch.setattr("mobiletune.predict.workers", lambda: 3)
+    run, _, _, files = live
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    inputs = files[:2] + [str(tmp_path / "missing.jpg")] + files[2:5] + [str(bad)] + files[5:8]
+    model = mobiletune.load(run)
+    preds = model.predict(inputs, batch_size=2)
+    alone = [model.predict(x)[0] for x in inputs]
+    rows = [p.probs[model.class_names[0]] for p in alone if p.error is None]
+    assert np.std(rows) > 1e-3  # outputs vary: a row on the wrong input would show
+    assert [p.path for p in preds] == inputs
+    for p, a in zip(preds, alone):
+        assert p.error == a.error
+        assert p.probs == pytest.approx(a.probs, abs=1e-5)
+    assert preds[2].error == "file not found" and preds[6].error.startswith("unreadable")

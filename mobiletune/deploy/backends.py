@@ -35,6 +35,9 @@ class Backend:
     # its engine by it)
     prepare: Callable[[int], None] = lambda _n: None
     module: Any = None  # the PyTorch model, for a checkpoint (explain needs its gradients)
+    # `run` may be called from one thread per core at once, each call using one core
+    # (mobiletune/parallel.py); else calls come one at a time
+    concurrent: bool = False
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:
@@ -68,13 +71,15 @@ def torch_backend(model, class_names: list[str], pre: dict, info: dict) -> Backe
     def prepare(n: int) -> None:
         if not engine:
             engine.append(_engine_for(model, pre, n))
+            backend.concurrent = bool(getattr(engine[0], "concurrent", False))
 
     def run(crops: np.ndarray) -> np.ndarray:
         prepare(len(crops))
         with torch.inference_mode():
             return softmax(engine[0](torch.from_numpy(np.ascontiguousarray(crops))).float().numpy())
 
-    return Backend(run, list(class_names), pre, "pytorch", info, prepare, model)
+    backend = Backend(run, list(class_names), pre, "pytorch", info, prepare, model)
+    return backend
 
 
 # Exporting to ONNX Runtime costs a few seconds once, then runs 3x faster on CPU: worth it
@@ -97,9 +102,20 @@ def _engine_for(model, pre: dict, n: int):
     prefix = HeadPrefix(model).eval()
     if n >= ORT_FROM or onnx_cache_path(Normalized(prefix, pre["mean"], pre["std"]), root,
                                         size).is_file():
-        features, head = frozen_engine(prefix, cpu, root, size, pixels=pre), model.classifier[-1]
-        return lambda x: head.eval()(features(x))
+        features = frozen_engine(prefix, cpu, root, size, pixels=pre, concurrent=True)
+        return _HeadOn(features, model.classifier[-1].eval())
     return TorchEngine(Normalized(model, pre["mean"], pre["std"]), cpu)
+
+
+class _HeadOn:
+    """The head on top of a frozen-feature engine; as concurrent as that engine."""
+
+    def __init__(self, features, head) -> None:
+        self.features, self.head = features, head
+        self.concurrent = getattr(features, "concurrent", False)
+
+    def __call__(self, x):
+        return self.head(self.features(x))
 
 
 def load_torchscript(path: str | os.PathLike):

@@ -2,26 +2,16 @@
 
 The frozen forward pass is the floor of a cold run; everything else must hide behind it.
 The jobs are cut into chunks of whole images (at most `batch` views each). One worker per
-core takes the next chunk, decodes it (uint8 pixels: PIL decode, crop and flip, which
-release the GIL; the engine normalizes inside its graph, see engine.Normalized) and runs the
-engine on it; a writer thread stores the outputs. The engine is built (exported) while the
-first chunks decode.
-
-Why workers that both decode and infer: with one decode thread beside a 2-thread engine, three
-threads share two cores, and every time the decoder ran it stalled one engine thread while the
-other waited for it at the end of each operator. The fill reached 77% of the engine alone
-(benchmarks/bench_train.py, 2-core machine). An engine that runs each call on its caller's thread
-(`engine.concurrent`: ONNX Runtime with one intra-op thread) lets each core alternate between
-decoding and inferring, and never run two threads. Engines that are not concurrent (PyTorch,
-CUDA) are called one at a time, while the other workers decode.
+core (mobiletune/parallel.py) takes the next chunk, decodes it into uint8 pixels (PIL decode,
+crop and flip, which release the GIL; the engine normalizes inside its graph, see
+engine.Normalized) and runs the engine on it; a writer thread stores the outputs. The engine
+is built (exported) while the first chunks decode.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -31,6 +21,7 @@ from mobiletune.data import load_image
 from mobiletune.errors import DataError
 from mobiletune.frozen.store import release_free_memory
 from mobiletune.interrupts import INTERRUPT
+from mobiletune.parallel import Completed, calling, workers
 from mobiletune.transforms import decode_side, pixel_views
 
 Job = tuple[str, str]  # (image path, "train" | "eval")
@@ -65,47 +56,33 @@ def chunks(jobs: list[Job], views: int, batch: int) -> list[list[Job]]:
     return out
 
 
-def workers() -> int:
-    """One worker per core this process may use (torchrun gives each rank its share)."""
-    return max(1, torch.get_num_threads())
-
-
 def fill(store, jobs: list[Job], make_engine: Callable[[], Callable], *, batch: int = BATCH,
          on_progress: Callable[[int, int], None] | None = None) -> int:
     """Compute and store the entries of `jobs` (all missing) through `store.put`; the engine
     from `make_engine()` maps uint8 NHWC pixels to prefix outputs. Returns entries made.
-    Every chunk computed before an interrupt or an error (an image that no longer decodes)
-    is stored."""
+    Every chunk that finished before an interrupt or an error (an image that no longer
+    decodes) is stored."""
     if not jobs:
         return 0
-    todo = chunks(jobs, store.views, batch)
     engine: Future = Future()
     run = _runner(store, engine)
-    done = 0
+    done, writes = 0, []
     with ThreadPoolExecutor(workers(), thread_name_prefix="cache-fill") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="cache-write") as writer:
-        pending = {pool.submit(run, c) for c in todo[:workers()]}
-        ahead = iter(todo[workers():])
-        writes: list[Future] = []
+        results = Completed(pool, run, chunks(jobs, store.views, batch), workers())
         try:
             _build(engine, make_engine)  # the export overlaps the first chunks' decoding
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                ok = [f.result() for f in finished if f.exception() is None]
-                for chunk in ok:
-                    writes.append(writer.submit(_put, store, *chunk))
-                    done += len(chunk[0])
-                failed = [f.exception() for f in finished if f.exception() is not None]
-                if failed:
-                    raise failed[0]
-                for nxt in itertools.islice(ahead, len(ok)):
-                    pending.add(pool.submit(run, nxt))
+            for chunk, (counts, out) in results:
+                writes.append(writer.submit(_put, store, chunk, counts, out))
+                done += len(chunk)
                 if INTERRUPT.is_set():  # a Ctrl-C whose KeyboardInterrupt Python swallowed
                     raise KeyboardInterrupt
                 if on_progress:
                     on_progress(done, len(jobs))
         finally:
-            _store_finished(pending, writer, store, writes)
+            results.close()  # start nothing more
+            if not engine.done():  # the first chunks wait for it: let them fail
+                engine.set_exception(KeyboardInterrupt())
             for w in writes:
                 w.result()
             store.flush()
@@ -124,25 +101,16 @@ def _runner(store, engine: Future) -> Callable[[list[Job]], tuple]:
     """The work of one chunk: decode it, then run the engine (alone, unless concurrent)."""
     lock = threading.Lock()
 
-    def run(chunk: list[Job]) -> tuple[list[Job], list[int], np.ndarray]:
+    def run(chunk: list[Job]) -> tuple[list[int], np.ndarray]:
         views = [decode_views(store, job) for job in chunk]
         x = torch.from_numpy(np.stack([v for vs in views for v in vs]))
         fn = engine.result()
-        with contextlib.nullcontext() if getattr(fn, "concurrent", False) else lock:
+        with calling(fn, lock):
             out = fn(x).to(torch.float16).cpu().numpy()
         release_free_memory()  # peak RSS follows the batch, not the folder
-        return chunk, [len(vs) for vs in views], out
+        return [len(vs) for vs in views], out
 
     return run
-
-
-def _store_finished(pending: set[Future], writer, store, writes: list[Future]) -> None:
-    """After an error or interrupt: start nothing more, keep what in-flight chunks finish."""
-    for fut in pending:
-        fut.cancel()
-    for fut in pending:
-        if not fut.cancelled() and fut.exception() is None:
-            writes.append(writer.submit(_put, store, *fut.result()))
 
 
 def _put(store, group: list[Job], counts: list[int], out: np.ndarray) -> None:
