@@ -19,7 +19,7 @@ from mobiletune import dist
 from mobiletune.checkpoint import load_checkpoint, save_checkpoint
 from mobiletune.data import Sample
 from mobiletune.errors import CheckpointError
-from mobiletune.evaluation.calibration import calibration_errors, choose_temperature
+from mobiletune.evaluation.calibration import calibration_errors, fit_temperature
 from mobiletune.evaluation.metrics import wilson_interval
 from mobiletune.model import split
 from mobiletune.stage import StageData, StageSpec, val_logits
@@ -35,12 +35,11 @@ def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
 
 
 def calibrate(model: nn.Module, spec: StageSpec, feed: StageData, device) -> float:
-    """Fit T on the val logits of `feed` and fold it into `model` when it helps held-out
-    images (calibration.choose_temperature); returns T (1.0: not calibrated)."""
+    """Fit T on the val logits of `feed` and fold it into `model`; returns T."""
     prefix, tail = split(model, spec.unfreeze)
     # every val image: under torchrun this runs on rank 0 alone, not on its share
     logits, labels = val_logits(tail, prefix, feed, device, shard=False)
-    t = choose_temperature(logits.numpy(), labels.numpy())
+    t = fit_temperature(logits.numpy(), labels.numpy())
     fold_temperature(model, t)
     return t
 
