@@ -19,7 +19,11 @@ stopped.
 
     .venv/bin/python benchmarks/bench_accuracy.py --baseline-src DIR [--reps 3]
 
-times a default hymenoptera `train` (a fresh process each) against the source tree DIR.
+times a default hymenoptera `train` (a fresh process each) against the source tree DIR, and
+
+    .venv/bin/python benchmarks/bench_accuracy.py --folds 5
+
+times `train --folds 5` against one default `train` on both data sets (cold cache).
 """
 
 from __future__ import annotations
@@ -241,6 +245,40 @@ def timing(baseline_src: Path, reps: int) -> None:
     Console().print(t)
 
 
+def folds_timing(k: int) -> None:
+    """`train --folds K` against one default `train` on both data sets, each from an empty
+    feature cache in a fresh process (imports included): what a K-fold estimate costs."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"--folds {k} vs one default train, cold cache, wall seconds")
+    for col in ("data set", "images", "one train", f"--folds {k}", "ratio", "folds accuracy"):
+        t.add_column(col, justify="right")
+    for name, make in DATASETS.items():
+        root = make()
+        secs = {}
+        for label, extra in (("one", []), ("folds", ["--folds", str(k)])):
+            with tempfile.TemporaryDirectory() as tmp:
+                args = [sys.executable, "-m", "mobiletune", "train", "--arch", "mobilenet_v2",
+                        "--weights", str(WEIGHTS), "--data", str(root), "--out", f"{tmp}/runs",
+                        "--set", f"data.val_split={0.3 if name == 'small' else 0.2}", "-q", *extra]
+                start = time.perf_counter()
+                subprocess.run(args, check=True, env={**os.environ, "MOBILETUNE_CACHE": tmp},
+                               capture_output=True, timeout=1800)
+                secs[label] = time.perf_counter() - start
+                if extra:
+                    summary = json.loads(next(Path(tmp, "runs").glob("*/folds.json")).read_text())
+        t.add_row(name, str(summary["n_images"]), f"{secs['one']:.1f}", f"{secs['folds']:.1f}",
+                  f"{secs['folds'] / secs['one']:.2f}x",
+                  f"{summary['accuracy_pooled']:.4f} ({summary['accuracy_ci95'][0]:.3f}-"
+                  f"{summary['accuracy_ci95'][1]:.3f})")
+    Console().print(t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -248,7 +286,11 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
     ap.add_argument("--baseline-src", type=Path, help="time default train vs this source tree")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--folds", type=int, help="time `train --folds K` against one train")
     args = ap.parse_args()
+    if args.folds:
+        folds_timing(args.folds)
+        return
     if args.baseline_src:
         timing(args.baseline_src, args.reps)
         return
