@@ -143,15 +143,15 @@ def one(root: Path, image_size: int, epochs: int, device_name: str) -> dict:
     device = torch.device(device_name)
     import functools
 
-    from mobiletune import data as data_mod
+    from mobiletune import walk as walk_mod
 
     scan(root, 0.2, 0)  # a warm-up: both timed scans then read the files from the page cache
-    probe_all = data_mod._probe_all
-    data_mod._probe_all = functools.partial(probe_all, threads=1)  # the sequential baseline
+    probe_all = walk_mod._probe_all
+    walk_mod._probe_all = functools.partial(probe_all, threads=1)  # the sequential baseline
     t0 = time.perf_counter()
     scan(root, 0.2, 0)
     t_scan1 = time.perf_counter() - t0
-    data_mod._probe_all = probe_all
+    walk_mod._probe_all = probe_all
     t0 = time.perf_counter()
     data = scan(root, 0.2, 0)
     t_scan = time.perf_counter() - t0

@@ -18,8 +18,9 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from mobiletune.data import IMAGE_EXTENSIONS, list_files
 from mobiletune.errors import DataError
+from mobiletune.images import IMAGE_EXTENSIONS
+from mobiletune.walk import list_files
 
 _N = 32  # pHash works on a 32x32 greyscale thumbnail and keeps the 8x8 lowest frequencies
 _K = np.arange(_N)
@@ -133,7 +134,7 @@ def _inspect(info: ImageInfo) -> ImageInfo:
 
 def _collect(root: Path) -> tuple[str, list[ImageInfo], list[tuple[str, str]], dict]:
     """(layout, candidate images, ignored files, {split: class names}) of a data folder,
-    found by the same walker as training (`data.list_files`), so both see the same files."""
+    found by the same walker as training (`walk.list_files`), so both see the same files."""
     listing = list_files(root)
     infos: list[ImageInfo] = []
     ignored = list(listing.skipped)

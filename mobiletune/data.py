@@ -1,7 +1,9 @@
-"""The data folder: the one walker, scanning, the train/val split, splits.csv, decoding.
+"""The data folder as samples: scanning it, the train/val split, splits.csv, and a dataset
+that decodes on demand.
 
 Every file under the data root ends up either as a Sample (in splits.csv) or in `skipped`
-with a reason (skipped.csv), so nothing a user put there silently disappears.
+with a reason (skipped.csv), so nothing a user put there silently disappears. The walk itself
+is mobiletune/walk.py; decoding is mobiletune/images.py.
 """
 
 from __future__ import annotations
@@ -9,17 +11,13 @@ from __future__ import annotations
 import csv
 import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image, ImageOps
-
 from mobiletune.errors import DataError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_WHITE = (255, 255, 255)
+from mobiletune.images import load_image
+from mobiletune.walk import find_images
 
 
 @dataclass(frozen=True)
@@ -42,231 +40,6 @@ class ScanResult:
 
     def of(self, split: str) -> list[Sample]:
         return [s for s in self.samples if s.split == split]
-
-
-def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
-    """Decode any image PIL reads into upright RGB.
-
-    `min_side` lets JPEGs decode at a reduced scale (PIL draft: the DCT does the resizing),
-    never below what the target needs. EXIF orientation is applied; 16-bit, CMYK, palette
-    and alpha images become plain 8-bit RGB (alpha over white).
-    """
-    with Image.open(path) as img:
-        if min_side and img.format == "JPEG":
-            w, h = img.size
-            scale = min(w, h) / min_side
-            if scale >= 2:
-                img.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        import numpy as np  # 16-bit and float greyscale: scale to the 8-bit range
-
-        arr = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray((arr.clip(0, top) * (255.0 / top)).astype("uint8"), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, _WHITE)
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    return img.convert("RGB") if img.mode != "RGB" else img.copy()
-
-
-def probe(path: Path) -> str | None:
-    """Why `path` cannot be used as an image, or None when it decodes fully."""
-    if path.name.startswith("."):
-        return "hidden file"
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"not an image extension ({path.suffix or 'none'})"
-    try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with Image.open(path) as img:
-            # The limit is checked here, not by turning PIL's warning into an error: the
-            # scan probes in threads, and warnings.catch_warnings is process-wide state that
-            # one thread's exit restores under another (seen on a 16-core machine).
-            if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError(f"{img.width * img.height} pixels")
-            img.draft("RGB", (32, 32))  # a full but cheap decode: JPEG at 1/8 scale
-            img.load()
-            # the rest of load_image: a file that passes here also loads in training
-            _to_rgb(ImageOps.exif_transpose(img))
-    except Image.DecompressionBombError:
-        return f"larger than PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)"
-    except OSError as e:
-        return f"unreadable: {str(e).splitlines()[0][:120] or type(e).__name__}"
-    except Exception as e:  # PIL raises assorted errors on hostile files
-        return f"unreadable: {type(e).__name__}: {str(e)[:120]}"
-    return None
-
-
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _dir_problem(d: Path, here: str, scanned: list[str], seen: set[str]) -> str | None:
-    """Why folder `d` (inside real folder `here`) must not be entered: a symlink that leads
-    back up (a loop), or to a folder that is scanned anyway (its images would count twice)."""
-    real = os.path.realpath(d)
-    if _within(here, real) or any(_within(r, real) for r in scanned):
-        return f"symlink loop: leads back to {real}"
-    if real in seen:
-        return f"links to {real}, which is already scanned"
-    if d.is_symlink() and any(_within(real, r) for r in scanned):
-        return f"links to {real}, which is scanned on its own"
-    return None
-
-
-def _walk(folder: Path, scanned: list[str], seen: set[str],
-          skipped: list[tuple[str, str]], hidden: str | None = None) -> list[Path]:
-    """Every file under `folder` (symlinks followed, never around a loop or twice); what
-    cannot be used, and every file under a hidden folder, goes to `skipped` with a reason."""
-    out: list[Path] = []
-    stack = [(folder, hidden)]
-    seen.add(os.path.realpath(folder))
-    while stack:
-        d, hid = stack.pop()
-        try:
-            entries = sorted(d.iterdir(), reverse=True)
-        except OSError as e:
-            skipped.append((str(d.absolute()), f"unreadable folder: {e.strerror or e}"))
-            continue
-        for p in entries:
-            if p.is_symlink() and not p.exists():
-                skipped.append((str(p.absolute()), "broken or looping symbolic link"))
-            elif p.is_dir():
-                why = _dir_problem(p, os.path.realpath(d), scanned, seen)
-                if why:
-                    skipped.append((str(p.absolute()), why))
-                else:
-                    seen.add(os.path.realpath(p))
-                    stack.append((p, hid or (p.name if p.name.startswith(".") else None)))
-            elif hid:
-                skipped.append((str(p.absolute()), f"inside hidden folder {hid}"))
-            else:
-                out.append(p)
-    return sorted(out)
-
-
-def _check(f: Path) -> str | None:
-    return probe(f) if f.is_file() else "not a regular file"
-
-
-# A scan is a list of steps in folder order: ("skip", (path, why)) or ("class", name, files).
-# Walking is cheap and sequential; probing (a decode per file) then runs in parallel, and
-# replaying the steps gives the same samples and skipped.csv, in the same order, as a loop.
-Step = tuple
-
-
-def _class_steps(folder: Path, scanned: list[str], seen: set[str]) -> list[Step]:
-    """The class folders under `folder` and their files, still unprobed."""
-    steps: list[Step] = []
-    for p in sorted(folder.iterdir()):
-        local: list[tuple[str, str]] = []
-        if not p.is_dir():
-            why = "broken or looping symbolic link" if p.is_symlink() and not p.exists() \
-                else "not inside a class folder"
-            steps.append(("skip", (str(p.absolute()), why)))
-            continue
-        why = _dir_problem(p, os.path.realpath(folder), scanned, seen)
-        if why or p.name.startswith("."):
-            if why:
-                local.append((str(p.absolute()), why))
-            else:  # .git, .ipynb_checkpoints: not a class, but its files are accounted for
-                _walk(p, scanned, seen, local, hidden=p.name)
-            steps += [("skip", s) for s in local]
-            continue
-        files = _walk(p, scanned, seen, local)
-        steps += [("skip", s) for s in local] + [("class", p.name, files)]
-    return steps
-
-
-def _probe_all(steps: list[Step], on_progress: Callable[[int, int], None] | None,
-               threads: int | None = None) -> dict[Path, str | None]:
-    """Probe every file of the steps in parallel (PIL decodes without the GIL)."""
-    files = [f for s in steps if s[0] == "class" for f in s[2]]
-    threads = threads or min(16, 2 * (os.cpu_count() or 1))
-    out: dict[Path, str | None] = {}
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for i, (f, why) in enumerate(zip(files, pool.map(_check, files, chunksize=16)), 1):
-            out[f] = why
-            if on_progress and (i % 256 == 0 or i == len(files)):
-                on_progress(i, len(files))
-    return out
-
-
-def probe_files(files: list[Path], on_progress: Callable[[int, int], None] | None = None
-                ) -> dict[Path, str | None]:
-    """Why each file cannot be used (None: it can), probed in parallel."""
-    return _probe_all([("class", "", files)], on_progress)
-
-
-def _replay(steps: list[Step], probed: dict[Path, str | None],
-            skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """class name -> usable absolute paths; unusable files go to `skipped`."""
-    found: dict[str, list[str]] = {}
-    for step in steps:
-        if step[0] == "skip":
-            skipped.append(step[1])
-            continue
-        good = []
-        for f in step[2]:
-            if probed[f]:
-                skipped.append((str(f.absolute()), probed[f]))
-            else:
-                good.append(str(f.absolute()))
-        found[step[1]] = good
-    return found
-
-
-@dataclass
-class Listing:
-    """Every file under a data root, by split and class, before any decoding."""
-
-    layout: str  # "train/val" (root/train/<class>, root/val/<class>) or "flat" (root/<class>)
-    files: dict[str, dict[str, list[str]]]  # "train" | "val" | "all" -> class -> paths
-    skipped: list[tuple[str, str]]
-
-
-def list_files(root: str | os.PathLike) -> Listing:
-    """What `scan` walks (the same walker: check-data and evaluate use it), without decoding:
-    symlinks followed, never around a loop or twice; files outside class folders and in
-    hidden folders are `skipped`."""
-    root = Path(root)
-    has_split = (root / "train").is_dir()
-    folders = {"train": root / "train", "val": root / "val"} if has_split else {"all": root}
-    scanned = [os.path.realpath(f) for f in folders.values()]
-    seen: set[str] = set()
-    skipped: list[tuple[str, str]] = []
-    if has_split:
-        _account_outside(root, scanned, seen, skipped)
-    files = {}
-    for key, folder in folders.items():
-        if folder.is_dir():
-            steps = _class_steps(folder, scanned, seen)
-            skipped += [s[1] for s in steps if s[0] == "skip"]
-            files[key] = {s[1]: [str(f.absolute()) for f in s[2]] for s in steps
-                          if s[0] == "class"}
-    return Listing("train/val" if has_split else "flat", files, skipped)
-
-
-def _account_outside(root: Path, scanned: list[str], seen: set[str],
-                     skipped: list[tuple[str, str]]) -> None:
-    """With train/ and val/ folders, anything else under the root is listed, never used."""
-    for p in sorted(root.iterdir()):
-        if p.name in ("train", "val"):
-            continue
-        if p.is_dir() and not _dir_problem(p, os.path.realpath(root), scanned, seen):
-            found = _walk(p, scanned, seen, skipped)
-            skipped += [(str(f.absolute()), "outside train/ and val/") for f in found]
-        else:
-            skipped.append((str(p.absolute()), "outside train/ and val/"))
 
 
 def split_paths(paths: list[str], fraction: float, rng: random.Random
@@ -297,20 +70,8 @@ def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
                         f"(one sub-folder per class) or in {root}/train/<class>/ and "
                         f"{root}/val/<class>/, or point --data (data.root) at the folder that "
                         "holds them; `mobiletune check-data DIR` shows what a folder holds.")
-    skipped: list[tuple[str, str]] = []
     warn: list[str] = []
-    has_split = (root / "train").is_dir()
-    folders = [root / "train", root / "val"] if has_split else [root]
-    scanned = [os.path.realpath(f) for f in folders]
-    seen: set[str] = set()
-    if has_split:
-        _account_outside(root, scanned, seen, skipped)
-    steps = _class_steps(folders[0], scanned, seen)
-    val_steps = _class_steps(folders[1], scanned, seen) if has_split and folders[1].is_dir() \
-        else []
-    probed = _probe_all(steps + val_steps, on_progress)
-    train = _replay(steps, probed, skipped)
-    val = _replay(val_steps, probed, skipped) if has_split and folders[1].is_dir() else {}
+    has_split, train, val, skipped = find_images(root, on_progress)
     for name in [c for c, paths in train.items() if not paths]:
         warn.append(f"class folder '{name}' holds no usable images and is ignored")
         del train[name]

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mobiletune.data import load_image
 from mobiletune.deploy.runtime import center_box, normalize, resize_short
 from mobiletune.errors import CheckpointError, ConfigError
+from mobiletune.images import load_image
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = None

@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from mobiletune.data import IMAGE_EXTENSIONS, load_image
 from mobiletune.deploy.backends import Backend, open_backend
 from mobiletune.deploy.runtime import crop_uint8
 from mobiletune.errors import DataError
+from mobiletune.images import IMAGE_EXTENSIONS, load_image
 from mobiletune.parallel import Completed, calling, workers
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from mobiletune import train as pipeline
-from mobiletune.frozen.cache import FeatureCache, cache_root
 from mobiletune.config import load_config
-from mobiletune.data import load_image
+from mobiletune.frozen.cache import FeatureCache, cache_root
 from mobiletune.frozen.engine import TorchEngine, frozen_engine
+from mobiletune.images import load_image
 from mobiletune.model import build_model, configure_stage, preprocess_spec, split
 from mobiletune.stage import Callbacks
 from mobiletune.transforms import pixel_views

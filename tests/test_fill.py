@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mobiletune.data import load_image
 from mobiletune.errors import DataError
 from mobiletune.frozen.cache import FeatureCache
 from mobiletune.frozen.fill import fill
+from mobiletune.images import load_image
 from mobiletune.model import preprocess_spec
 from mobiletune.transforms import pixel_views
 from tests.conftest import make_image

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import mobiletune.data as D
-from mobiletune.data import load_image, scan
+from mobiletune.data import scan
 from mobiletune.errors import DataError
+from mobiletune.images import load_image
+import mobiletune.data as D
 from tests.conftest import make_folder
 from tests.helpers_robust import (DATA_CASES, every_entry, invoke, make_messy, read_csv, rgb,
                                   save, write_config)
@@ -168,7 +169,7 @@ def test_decompression_bomb_is_caught_when_probed_from_many_threads(tmp_path, mo
     warnings filter is process-wide state that another thread's exit can undo)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mobiletune.data import probe
+    from mobiletune.images import probe
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
     bombs = [save(rgb((80, 80)), tmp_path / f"bomb{i}.png") for i in range(8)]

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiletune.data import Sample, load_image, read_splits, scan
-from mobiletune.transforms import eval_transform
-from mobiletune.errors import ConfigError, DataError, MobiletuneError
+from mobiletune.data import Sample, read_splits, scan
 from mobiletune.deploy.backends import load_torchscript
 from mobiletune.deploy.runtime import make_session, quantize_int8, softmax
-from mobiletune.frozen.engine import onnx_bytes
+from mobiletune.errors import ConfigError, DataError, MobiletuneError
 from mobiletune.fileio import atomic_write
+from mobiletune.frozen.engine import onnx_bytes
+from mobiletune.images import load_image
+from mobiletune.transforms import eval_transform
 
 CALIB_IMAGES = 128  # enough for stable min/max ranges; calibration time grows linearly
 

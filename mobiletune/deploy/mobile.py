@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiletune.data import Sample, load_image
+from mobiletune.data import Sample
 from mobiletune.deploy.export import (CALIB_IMAGES, ExportReport, Outputs, check_samples,
                                       checked_report, int8_partial, keep_int8, metadata,
                                       state_dict_bytes, torch_runner)
 from mobiletune.deploy.runtime import crop_uint8, normalize
 from mobiletune.errors import ConfigError, DataError
+from mobiletune.images import load_image
 
 class UInt8Classifier(nn.Module):
     """uint8 NHWC crops -> class probabilities, with the checkpoint's normalization inside."""

@@ -13,13 +13,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mobiletune.data import IMAGE_EXTENSIONS, list_files, read_splits
+from mobiletune.data import read_splits
 from mobiletune.errors import DataError
 from mobiletune.evaluation.calibration import calibration_errors
 from mobiletune.evaluation.metrics import classification_metrics
 from mobiletune.evaluation.report import write_evaluation
 from mobiletune.explain import overlay_fn
+from mobiletune.images import IMAGE_EXTENSIONS
 from mobiletune.runs import new_run_dir
+from mobiletune.walk import list_files
 
 @dataclass
 class Evaluation:

@@ -63,7 +63,7 @@ def code_version() -> str:
     of the library versions that compute the numbers: any change there is a new cache."""
     import PIL
 
-    from mobiletune import data, transforms
+    from mobiletune import images, transforms
     from mobiletune.frozen.engine import Normalized  # the normalization runs in the engine
     from mobiletune.vision import torchvision
 
@@ -72,8 +72,8 @@ def code_version() -> str:
         ort = onnxruntime.__version__
     except ImportError:
         ort = "none"
-    src = inspect.getsource(transforms) + inspect.getsource(data.load_image) \
-        + inspect.getsource(data._to_rgb) + inspect.getsource(Normalized)
+    src = inspect.getsource(transforms) + inspect.getsource(images.load_image) \
+        + inspect.getsource(images._to_rgb) + inspect.getsource(Normalized)
     libs = f"torch {torch.__version__}|torchvision {torchvision.__version__}|" \
            f"pillow {PIL.__version__}|onnxruntime {ort}"
     return _sha(src + libs)

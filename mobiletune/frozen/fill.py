@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mobiletune.data import load_image
 from mobiletune.errors import DataError
 from mobiletune.frozen.store import release_free_memory
+from mobiletune.images import load_image
 from mobiletune.interrupts import INTERRUPT
 from mobiletune.parallel import Completed, calling, workers
 from mobiletune.transforms import decode_side, pixel_views
