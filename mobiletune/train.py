@@ -1,20 +1,13 @@
-"""A whole run: scan, run directory, stages, checkpoints; `train`, `finetune` and `resume`.
+"""A whole run: scan, run directory, stages; `train`, `finetune` and `resume`.
 
-Everything a run makes lands in its own new directory. `last.pt` is written before the
-first epoch, at the end of each stage, on Ctrl-C / SIGTERM / an error, and otherwise at most
-every CHECKPOINT_EVERY_S seconds: each epoch keeps an in-memory copy of what changed (the
-trainable part and the optimizer), so an interrupt at any moment still leaves a resumable
-run, while a head epoch of a few milliseconds does not pay for two full checkpoints.
+Everything a run makes lands in its own new directory; what a run holds while it trains, and
+when its checkpoints reach the disk, is mobiletune/runstate.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
-import datetime as dt
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +15,7 @@ import torch
 from torch import nn
 
 from mobiletune import dist
-from mobiletune.checkpoint import (FORMAT_VERSION, load_checkpoint, model_from_checkpoint,
-                                   save_checkpoint)
+from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiletune.config import Config, config_from_dict, dump_yaml
 from mobiletune.data import ScanResult, read_splits, scan
 from mobiletune.errors import CheckpointError, ConfigError, TrainingInterrupted
@@ -34,16 +26,10 @@ from mobiletune.model import (boundary, build_model, preprocess_spec, rescale_pr
                               set_dropout)
 from mobiletune.fileio import write_csv, write_text
 from mobiletune.runs import new_run_dir, update_latest
+from mobiletune.runstate import Run
 from mobiletune.schema import DEVICES
-from mobiletune.stage import (AUTO_FINETUNE, AUTO_HEAD, AUTO_SCHEDULE, METRICS_HEADER,
-                              Callbacks, StageSpec, StageState, fit_stage, stage_threads,
-                              state_from_dict, state_to_dict)
-
-
-# Longest stretch of epochs whose checkpoints exist only in memory (lost only to SIGKILL or
-# a power cut; Ctrl-C, SIGTERM and errors write them). Measured on hymenoptera: the two
-# checkpoints cost 0.1-0.2 s per epoch against ~0.02 s of head-stage compute.
-CHECKPOINT_EVERY_S = 30.0
+from mobiletune.stage import (AUTO_FINETUNE, AUTO_HEAD, AUTO_SCHEDULE, Callbacks, StageSpec,
+                              StageState, fit_stage, stage_threads, state_from_dict)
 
 
 def pick_device(name: str) -> torch.device:
@@ -83,110 +69,6 @@ def plan(cfg: Config, head: bool = True) -> list[StageSpec]:
                                 label_smoothing=t.label_smoothing, train_bn=f.train_bn,
                                 **_length(f.epochs, t.patience, AUTO_FINETUNE)))
     return stages
-
-
-@dataclasses.dataclass
-class Run:
-    """A run in progress: where it writes, what it trains, and its history so far."""
-
-    dir: Path
-    cfg: Config
-    data: ScanResult
-    model: nn.Module
-    pre: dict
-    stages: list[StageSpec]
-    history: list = dataclasses.field(default_factory=list)
-    stage_index: int = 0
-    state: StageState = dataclasses.field(default_factory=StageState)
-    device: torch.device = torch.device("cpu")
-    started: bool = False  # an epoch finished here: the run is kept and `latest` points at it
-    # checkpoints of the latest epochs, not yet on disk: {"best.pt": ckpt, "last.pt": ckpt}
-    pending: dict = dataclasses.field(default_factory=dict)
-    flushed_at: float = dataclasses.field(default_factory=time.monotonic)
-
-    def log(self, text: str) -> None:
-        if not dist.is_main():  # one writer: rank 0
-            return
-        stamp = dt.datetime.now().isoformat(timespec="seconds")
-        with open(self.dir / "train.log", "a", encoding="utf-8") as f:
-            f.write(f"{stamp} {text}\n")
-
-    def checkpoint(self, *, resume: bool) -> dict[str, Any]:
-        spec = self.stages[min(self.stage_index, len(self.stages) - 1)]
-        last = (self.history or [None])[-1]
-        ckpt = {"format_version": FORMAT_VERSION, "arch": self.cfg.model.arch,
-                "class_names": list(self.data.classes), "stage": spec.name,
-                "unfrozen_blocks": spec.unfreeze, "epoch": last.epoch if last else 0,
-                "metrics": {k: getattr(last, k) for k in ("train_loss", "train_acc", "val_loss",
-                                                          "val_acc")} if last else {},
-                "preprocess": self.pre, "config": self.cfg.to_dict(),
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
-        if resume:
-            ckpt["resume"] = {"stages": [dataclasses.asdict(s) for s in self.stages],
-                              "stage_index": self.stage_index, "state": state_to_dict(self.state),
-                              "history": [r.__dict__.copy() for r in self.history]}
-        return ckpt
-
-    def save(self, state: StageState, is_best: bool) -> None:
-        """After every epoch: keep its checkpoints in memory, write them when due."""
-        self.state = state
-        self.history = self._done_history() + list(state.history)
-        if not dist.is_main():
-            return
-        moving = _moving_keys(self.model)
-        if is_best:
-            self.pending["best.pt"] = _snapshot(self.checkpoint(resume=False), moving)
-        self.pending["last.pt"] = _snapshot(self.checkpoint(resume=True), moving)
-        r = state.history[-1]
-        self.log(f"{r.stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc "
-                 f"{r.train_acc:.4f} val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f}"
-                 + (" (best)" if is_best else ""))
-        # Under torchrun a SIGTERM can leave rank 0 waiting in a collective for a rank that
-        # already stopped, until the launcher kills it: there every epoch is written as it ends.
-        if dist.world_size() > 1 or time.monotonic() - self.flushed_at >= CHECKPOINT_EVERY_S:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the pending checkpoints and metrics.csv (all of the same epoch)."""
-        if not dist.is_main() or (not self.pending and not self.history):
-            return  # one writer: rank 0
-        write_csv(self.dir / "metrics.csv", METRICS_HEADER, [r.row() for r in self.history])
-        # best.pt first: an interrupt between the two leaves last.pt one epoch behind, and
-        # resuming redoes that epoch (and rewrites best.pt); the other order loses best.pt
-        for name in ("best.pt", "last.pt"):
-            if name in self.pending:
-                save_checkpoint(self.dir / name, self.pending[name])
-                del self.pending[name]  # only once written: an interrupt retries it
-        if not self.started and self.history:  # an epoch is on disk: the run is kept
-            self.started = True
-            update_latest(self.dir)
-        self.flushed_at = time.monotonic()
-
-    def _done_history(self) -> list:
-        names = {s.name for s in self.stages[self.stage_index:]}
-        return [r for r in self.history if r.stage not in names]
-
-
-def _moving_keys(model: nn.Module) -> set[str]:
-    """State-dict keys a training step can change: every parameter and buffer (BatchNorm
-    statistics) of a module that holds a trainable parameter."""
-    keys: set[str] = set()
-    for name, m in model.named_modules():
-        own = list(m.named_parameters(recurse=False))
-        if any(p.requires_grad for _, p in own):
-            pre = f"{name}." if name else ""
-            keys.update(pre + k for k, _ in [*own, *m.named_buffers(recurse=False)])
-    return keys
-
-
-def _snapshot(ckpt: dict[str, Any], moving: set[str]) -> dict[str, Any]:
-    """`ckpt` frozen in time at the cost of the trainable part: the tensors that training
-    can change are copied (the frozen ones cannot change before the copy is written), and
-    so is the resume state (optimizer moments)."""
-    ckpt["model"] = {k: v.clone() if k in moving else v for k, v in ckpt["model"].items()}
-    if "resume" in ckpt:
-        ckpt["resume"] = copy.deepcopy(ckpt["resume"])
-    return ckpt
 
 
 def _launch(cfg: Config, data: ScanResult, model: nn.Module, pre: dict,
@@ -229,7 +111,7 @@ def _start(run: Run, callbacks: Callbacks) -> None:
         msg = f"skipped {len(data.skipped)} file(s) that are not usable images; see {run_dir / 'skipped.csv'}"
         run.log(msg)
         callbacks.on_message(msg)
-    save_checkpoint(run_dir / "last.pt", run.checkpoint(resume=True))
+    run.write_last()
     callbacks.on_message(f"run directory: {run_dir}")
 
 
@@ -264,8 +146,7 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
             run.stage_index += 1
             # the next stage starts from the run's best score, so best.pt stays the best
             run.state = StageState(best=state.best)
-            if dist.is_main():
-                save_checkpoint(run.dir / "last.pt", run.checkpoint(resume=True))
+            run.write_last()
     except KeyboardInterrupt:
         run.flush()
         run.log("interrupted; resume with `mobiletune train --resume " + str(run.dir) + "`")

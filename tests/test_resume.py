@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mobiletune import runstate
 from mobiletune import train as pipeline
 from mobiletune.config import load_config
 from mobiletune.errors import TrainingInterrupted
@@ -204,13 +205,13 @@ def test_checkpoints_are_written_when_due_not_after_every_epoch(tmp_path, monkey
     on disk describes the same, final epoch."""
     data = make_folder(tmp_path / "d", classes=("a", "b"), per_class=4, size=40)
     cfg = write_config(tmp_path, data, train={"epochs": 4})
-    writes, real = [], pipeline.save_checkpoint
+    writes, real = [], runstate.save_checkpoint
 
     def counting(path, ckpt):
         writes.append((Path(path).name, ckpt["epoch"]))
         return real(path, ckpt)
 
-    monkeypatch.setattr(pipeline, "save_checkpoint", counting)
+    monkeypatch.setattr(runstate, "save_checkpoint", counting)
     run = pipeline.train(load_config(cfg))
     # the run's start, the stage's end, then the same epoch marked as the stage done
     assert [e for n, e in writes if n == "last.pt"] == [0, 4, 4]
@@ -221,6 +222,6 @@ def test_checkpoints_are_written_when_due_not_after_every_epoch(tmp_path, monkey
     assert [h[1] for h in history(run)] == [1, 2, 3, 4]
 
     writes.clear()  # due at every epoch: each epoch reaches the disk as it ends
-    monkeypatch.setattr(pipeline, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(runstate, "CHECKPOINT_EVERY_S", 0.0)
     pipeline.train(load_config(cfg))
     assert [e for n, e in writes if n == "last.pt"] == [0, 1, 2, 3, 4, 4]

@@ -151,9 +151,9 @@ def test_runs_with_one_name_live_side_by_side(run, tmp_path):
 
 @pytest.mark.parametrize("fits", [1, 3])
 def test_disk_full_is_exit_2_and_keeps_the_saved_checkpoint(run, tmp_path, monkeypatch, fits):
-    from mobiletune import train as pipeline
+    from mobiletune import runstate
 
-    real, calls = pipeline.save_checkpoint, []
+    real, calls = runstate.save_checkpoint, []
 
     def full_after(path, ckpt):
         calls.append(path)
@@ -161,7 +161,7 @@ def test_disk_full_is_exit_2_and_keeps_the_saved_checkpoint(run, tmp_path, monke
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, ckpt)
 
-    monkeypatch.setattr(pipeline, "save_checkpoint", full_after)
+    monkeypatch.setattr(runstate, "save_checkpoint", full_after)
     cfg = write_config(tmp_path, run.parent.parent / "data", train={"epochs": 2})
     res = invoke(["train", "--config", cfg, "-q"], 2)
     assert "No space left on device" in res.stderr
@@ -169,7 +169,7 @@ def test_disk_full_is_exit_2_and_keeps_the_saved_checkpoint(run, tmp_path, monke
         assert not (tmp_path / "runs" / "t").exists()
         return
     # start's last.pt, then the stage end's best.pt and last.pt fit: that epoch is kept,
-    # resumable (epochs reach the disk at stage ends, train.CHECKPOINT_EVERY_S)
+    # resumable (epochs reach the disk at stage ends, runstate.CHECKPOINT_EVERY_S)
     ckpt = torch.load(tmp_path / "runs" / "t" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and "resume" in ckpt
 
