@@ -16,8 +16,8 @@ from mobiletune.config import Config
 from mobiletune.data import scan
 from mobiletune.transforms import eval_transform
 from mobiletune.errors import CheckpointError, ConfigError, DataError, MobiletuneError
-from mobiletune.deploy.export import (calibration_batches, check_samples, decode_batches,
-                                      export_checkpoint, load_torchscript, metadata, write_onnx)
+from mobiletune.deploy.export import export_checkpoint, load_torchscript, metadata, write_onnx
+from mobiletune.deploy.parity import calibration_batches, check_samples, decode_batches
 from mobiletune.frozen.engine import onnx_bytes
 from mobiletune.model import build_model, preprocess_spec
 from mobiletune.deploy.backends import onnx_backend, open_backend

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from mobiletune.data import Sample
-from mobiletune.deploy.export import (CALIB_IMAGES, ExportReport, Outputs, check_samples,
-                                      checked_report, int8_partial, keep_int8, metadata,
-                                      state_dict_bytes, torch_runner)
+from mobiletune.deploy.export import (ExportReport, checked_report, int8_partial, keep_int8,
+                                      metadata, state_dict_bytes)
+from mobiletune.deploy.parity import CALIB_IMAGES, Outputs, check_samples, torch_runner
 from mobiletune.deploy.runtime import crop_uint8, normalize
 from mobiletune.errors import ConfigError, DataError
 from mobiletune.images import load_image
