@@ -57,12 +57,14 @@ def live_scores(probs: np.ndarray, labels: Sequence[int], temperature: float | N
 
 
 def score_live(model: nn.Module, class_names: list[str], pre: dict, samples: list[Sample],
-               temperature: float | None, batch_size: int = 32) -> dict[str, Any]:
-    """Score `model` on `samples` exactly as `evaluate` does on the run's val split."""
+               temperature: float | None, batch_size: int = 32,
+               unfrozen: int = 0) -> dict[str, Any]:
+    """Score `model` on `samples` exactly as `evaluate` does on the run's val split (the
+    same backend, split where the checkpoint says its trained blocks start)."""
     from mobiletune.deploy.backends import torch_backend
     from mobiletune.predict import Predictor
 
-    predictor = Predictor(torch_backend(model.eval(), class_names, pre, {}))
+    predictor = Predictor(torch_backend(model.eval(), class_names, pre, {}, unfrozen))
     probs, _ = predictor.predict_probs([s.path for s in samples], batch_size)
     ok = ~np.isnan(probs).any(axis=1)  # unreadable since the scan: left out, as evaluate does
     labels = np.array([s.label for s in samples], dtype=np.int64)
@@ -95,7 +97,8 @@ def finish_run(run, spec: StageSpec, feed: StageData, device, callbacks) -> None
     model.load_state_dict(ckpt["model"])
     t = calibrate(model, spec, feed, device)
     model.cpu()  # scored as predict and evaluate score it
-    scores = score_live(model, list(run.data.classes), run.pre, run.data.of("val"), t)
+    scores = score_live(model, list(run.data.classes), run.pre, run.data.of("val"), t,
+                        unfrozen=int(ckpt.get("unfrozen_blocks") or 0))
     ckpt["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt["temperature"] = t
     ckpt["metrics"] = {**ckpt["metrics"], **scores, "temperature": t, "scored": "live"}

@@ -282,16 +282,18 @@ def state_from_dict(d: dict[str, Any]) -> StageState:
 
 @contextlib.contextmanager
 def stage_threads(spec: StageSpec, data: StageData, device):
-    """One intra-op thread for a cached stage on CPU, the usual count otherwise.
+    """One intra-op thread for a cached head stage on CPU, the usual count otherwise.
 
     A cached head step is a few tiny ops (32 x 1280): splitting them over threads costs
     more than it saves, and on a busy machine a waiting OpenMP team made head epochs 25x
     slower than one thread (benchmarks/bench_scale.py). A cached finetune step runs the
-    last blocks on 7 x 7 maps, small ops too: on the busy 2-core machine, 8 steps of 3
-    MobileNetV2 blocks took 31-44 s with one thread and 100-118 s with two.
+    last blocks on 7 x 7 maps: real work. On the quiet 2-core machine, 8 steps of 3
+    MobileNetV2 blocks took 1.0-1.3 s with two threads and 1.7-1.9 s with one (2026-11-27);
+    only on a machine already running 20 other threads did one thread win (31-44 s vs
+    100-118 s), and a user's first run is not that machine.
     """
     before = torch.get_num_threads()
-    if device.type == "cpu" and not data.live:
+    if device.type == "cpu" and not data.live and spec.unfreeze == 0:
         torch.set_num_threads(1)
     try:
         yield

@@ -141,3 +141,36 @@ def test_batches_on_several_workers_keep_every_result_with_its_input(live, tmp_p
         assert p.error == a.error
         assert p.probs == pytest.approx(a.probs, abs=1e-5)
     assert preds[2].error == "file not found" and preds[6].error.startswith("unreadable")
+
+
+def test_a_finetuned_checkpoint_runs_its_frozen_part_from_the_cached_export(tmp_path, monkeypatch):
+    """Scoring a fine-tuned run: the blocks training left frozen run from the export its
+    cache fill made (nothing new is exported), the trained blocks in PyTorch, and the
+    probabilities are the whole model's."""
+    from mobiletune.deploy.runtime import crop_uint8, normalize
+    from mobiletune.frozen.engine import frozen_engine
+    from mobiletune.images import load_image
+    from mobiletune.model import preprocess_spec, split
+    from tests.helpers_runs import live_model
+
+    monkeypatch.setenv("MOBILETUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("mobiletune.deploy.backends.ORT_FROM", 1)  # a dozen images go to ORT
+    run = make_live_run(tmp_path)
+    ckpt = load_checkpoint(run)
+    model = live_model()
+    with torch.no_grad():  # "fine-tuned": the last two blocks differ from the pretrained ones
+        for p in model.features[-2:].parameters():
+            p.mul_(1.1)
+    pre = preprocess_spec("mobilenet_v3_small", "none", 64)
+    frozen_engine(split(model, 2)[0], torch.device("cpu"), tmp_path / "cache", 64, pixels=pre)
+    engines = sorted((tmp_path / "cache" / "engines").iterdir())  # what the fill exported
+    ckpt.update(stage="finetune", unfrozen_blocks=2, model=model.state_dict())
+    torch.save(ckpt, run / "best.pt")
+    files = sorted(str(p) for p in (tmp_path / "data").rglob("*.jpg"))
+    probs, _ = mobiletune.load(run).predict_probs(files)
+    assert sorted((tmp_path / "cache" / "engines").iterdir()) == engines  # no new export
+    x = normalize(np.stack([crop_uint8(load_image(f, pre["resize"]), pre) for f in files]), pre)
+    with torch.no_grad():
+        whole = torch.softmax(model.eval()(torch.from_numpy(x)), 1).numpy()
+    assert whole[:, 0].std() > 1e-3  # outputs vary: the comparison can fail
+    assert np.allclose(probs, whole, atol=1e-4)

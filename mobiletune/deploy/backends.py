@@ -61,8 +61,10 @@ def float_runner(logits_fn: Callable[[np.ndarray], np.ndarray], pre: dict) -> Ru
     return lambda crops: softmax(logits_fn(normalize(crops, pre)))
 
 
-def torch_backend(model, class_names: list[str], pre: dict, info: dict) -> Backend:
-    """A PyTorch module; its frozen part goes to ONNX Runtime for large batches of work
+def torch_backend(model, class_names: list[str], pre: dict, info: dict,
+                  unfrozen: int = 0) -> Backend:
+    """A PyTorch module; for large batches of work, its frozen part (all but the last
+    `unfrozen` blocks and the head: what training left as pretrained) goes to ONNX Runtime
     (see `_engine_for`)."""
     import torch
 
@@ -70,7 +72,7 @@ def torch_backend(model, class_names: list[str], pre: dict, info: dict) -> Backe
 
     def prepare(n: int) -> None:
         if not engine:
-            engine.append(_engine_for(model, pre, n))
+            engine.append(_engine_for(model, pre, n, unfrozen))
             backend.concurrent = bool(getattr(engine[0], "concurrent", False))
 
     def run(crops: np.ndarray) -> np.ndarray:
@@ -87,35 +89,38 @@ def torch_backend(model, class_names: list[str], pre: dict, info: dict) -> Backe
 ORT_FROM = 64
 
 
-def _engine_for(model, pre: dict, n: int):
-    """uint8 NHWC crops -> logits, the fast way for `n` images. Everything but the head
-    (HeadPrefix) runs in ONNX Runtime, exported once and cached by its weights: a head-only
-    run finds the very file its cache fill exported, so scoring it exports nothing. The head
-    runs in PyTorch. For a few images with nothing cached, all of it runs in PyTorch."""
+def _engine_for(model, pre: dict, n: int, unfrozen: int = 0):
+    """uint8 NHWC crops -> logits, the fast way for `n` images. The part training left
+    frozen (model.split at `unfrozen`: HeadPrefix for a head-only run, features[:k] for a
+    fine-tuned one) runs in ONNX Runtime, exported once and cached by its weights; it is the
+    very file the run's cache fill exported, so scoring a run exports nothing. The trained
+    tail runs in PyTorch. For a few images with nothing cached, all of it runs in PyTorch."""
     import torch
 
     from mobiletune.frozen.cache import cache_root
     from mobiletune.frozen.engine import Normalized, TorchEngine, frozen_engine, onnx_cache_path
-    from mobiletune.model import HeadPrefix
+    from mobiletune.model import split
 
     cpu, root, size = torch.device("cpu"), cache_root(), pre["crop"]
-    prefix = HeadPrefix(model).eval()
-    if n >= ORT_FROM or onnx_cache_path(Normalized(prefix, pre["mean"], pre["std"]), root,
-                                        size).is_file():
-        features = frozen_engine(prefix, cpu, root, size, pixels=pre, concurrent=True)
-        return _HeadOn(features, model.classifier[-1].eval())
+    prefix, tail = split(model, unfrozen)
+    cached = onnx_cache_path(Normalized(prefix, pre["mean"], pre["std"]), root, size).is_file()
+    if len(list(prefix.parameters())) and (n >= ORT_FROM or cached):
+        features = frozen_engine(prefix.eval(), cpu, root, size, pixels=pre, concurrent=True)
+        return _TailOn(features, tail.eval())
     return TorchEngine(Normalized(model, pre["mean"], pre["std"]), cpu)
 
 
-class _HeadOn:
-    """The head on top of a frozen-feature engine; as concurrent as that engine."""
+class _TailOn:
+    """The trained tail on top of a frozen-part engine, as concurrent as that engine (a tail
+    of a few 7x7 blocks is small next to the prefix: one call per core was measured faster
+    than one call at a time, 1.3-1.4 s against 1.6 s for 153 images)."""
 
-    def __init__(self, features, head) -> None:
-        self.features, self.head = features, head
+    def __init__(self, features, tail) -> None:
+        self.features, self.tail = features, tail
         self.concurrent = getattr(features, "concurrent", False)
 
     def __call__(self, x):
-        return self.head(self.features(x))
+        return self.tail(self.features(x))
 
 
 def load_torchscript(path: str | os.PathLike):
@@ -204,5 +209,5 @@ def open_backend(arg: str | os.PathLike | None) -> Backend:
     info = {"checkpoint": ckpt["path"], "arch": ckpt["arch"], "stage": ckpt["stage"],
             "epoch": ckpt["epoch"], "temperature": ckpt.get("temperature")}
     return torch_backend(model_from_checkpoint(ckpt), ckpt["class_names"], ckpt["preprocess"],
-                         info)
+                         info, unfrozen=int(ckpt.get("unfrozen_blocks") or 0))
 

@@ -68,11 +68,11 @@ class TorchEngine:
 
 
 class OrtEngine:
-    """Frozen forward in ONNX Runtime, from a model exported once into the cache."""
+    """Frozen forward in ONNX Runtime, from a model exported into the cache (or its bytes)."""
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, concurrent: bool = False) -> None:
+    def __init__(self, onnx_path: Path | bytes, concurrent: bool = False) -> None:
         """`concurrent`: run each call on the caller's thread alone (one intra-op thread), for
         callers that call from one thread per core (frozen/fill.py); else use every core."""
         from mobiletune.deploy.runtime import make_session
