@@ -115,13 +115,12 @@ class Predictor:
 
         def work(idx: range) -> tuple[list[int], list[tuple[int, str]], np.ndarray | None]:
             crops = [self._crop(images[i]) for i in idx]
-            ok = [i for i, c in zip(idx, crops) if not isinstance(c, str)]
+            ok = [(i, c) for i, c in zip(idx, crops) if not isinstance(c, str)]
             bad = [(i, c) for i, c in zip(idx, crops) if isinstance(c, str)]
             if not ok:
-                return ok, bad, None
+                return [], bad, None
             with calling(self.backend, lock):
-                return ok, bad, self.backend.run(np.stack([c for c in crops
-                                                           if not isinstance(c, str)]))
+                return [i for i, _ in ok], bad, self.backend.run(np.stack([c for _, c in ok]))
 
         with ThreadPoolExecutor(workers(), thread_name_prefix="predict") as pool:
             for idx, (ok, bad, out) in Completed(pool, work, batches, workers()):

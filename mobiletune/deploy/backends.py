@@ -103,8 +103,11 @@ def _engine_for(model, pre: dict, n: int, unfrozen: int = 0):
 
     cpu, root, size = torch.device("cpu"), cache_root(), pre["crop"]
     prefix, tail = split(model, unfrozen)
-    cached = onnx_cache_path(Normalized(prefix, pre["mean"], pre["std"]), root, size).is_file()
-    if len(list(prefix.parameters())) and (n >= ORT_FROM or cached):
+
+    def cached() -> bool:  # a digest of the prefix's weights: only when it decides anything
+        return onnx_cache_path(Normalized(prefix, pre["mean"], pre["std"]), root, size).is_file()
+
+    if len(list(prefix.parameters())) and (n >= ORT_FROM or cached()):
         features = frozen_engine(prefix.eval(), cpu, root, size, pixels=pre, concurrent=True)
         return _TailOn(features, tail.eval())
     return TorchEngine(Normalized(model, pre["mean"], pre["std"]), cpu)

@@ -68,11 +68,11 @@ class TorchEngine:
 
 
 class OrtEngine:
-    """Frozen forward in ONNX Runtime, from a model exported into the cache (or its bytes)."""
+    """Frozen forward in ONNX Runtime, from a model exported once into the cache."""
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path | bytes, concurrent: bool = False) -> None:
+    def __init__(self, onnx_path: Path, concurrent: bool = False) -> None:
         """`concurrent`: run each call on the caller's thread alone (one intra-op thread), for
         callers that call from one thread per core (frozen/fill.py); else use every core."""
         from mobiletune.deploy.runtime import make_session
@@ -112,11 +112,12 @@ def onnx_bytes(module: nn.Module, size: int, output: str = "logits",
     return buf.getvalue()
 
 
-def export_onnx(module: nn.Module, path: Path, size: int) -> Path:
+def export_onnx(module: nn.Module, path: Path, size: int,
+                example: torch.Tensor | None = None) -> Path:
     """Export a frozen prefix into the cache, whole or not at all."""
     from mobiletune.fileio import atomic_write
 
-    data = onnx_bytes(module, size, output="features")
+    data = onnx_bytes(module, size, output="features", example=example)
     return atomic_write(path, lambda f: f.write(data))
 
 
@@ -126,9 +127,11 @@ def onnx_cache_path(module: nn.Module, cache_dir: Path, size: int) -> Path:
 
 
 def frozen_engine(module: nn.Module, device: torch.device, cache_dir: Path | None, size: int,
-                  prefer: str = "auto", pixels: dict | None = None, concurrent: bool = False):
+                  prefer: str = "auto", pixels: dict | None = None, concurrent: bool = False,
+                  example: torch.Tensor | None = None):
     """ONNX Runtime on CPU when it is available and exports cleanly; PyTorch otherwise.
     With `pixels` (a preprocessing spec: mean, std) the engine takes uint8 NHWC images;
+    `example` gives any other input shape (a `size` x `size` map of it keys the export);
     `concurrent` asks for one thread per call where the engine allows it (OrtEngine)."""
     if pixels is not None:
         module = Normalized(module, pixels["mean"], pixels["std"])
@@ -137,7 +140,7 @@ def frozen_engine(module: nn.Module, device: torch.device, cache_dir: Path | Non
     try:
         path = onnx_cache_path(module, cache_dir, size)
         if not path.is_file():
-            export_onnx(module, path, size)
+            export_onnx(module, path, size, example)
         return OrtEngine(path, concurrent)
     except Exception:  # no onnxruntime, an op it lacks: PyTorch is slower but always works
         return TorchEngine(module, device)

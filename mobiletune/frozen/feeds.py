@@ -143,28 +143,20 @@ def _views(arrays) -> int:
     return shape[0] if len(arrays) else 1
 
 
-def _mid_engine(mid: torch.nn.Module, entry_shape: tuple, device: torch.device):
-    """The frozen middle as an engine: ONNX Runtime on CPU (exported in memory, 0.1 s; it
-    ran 643 hymenoptera views in 0.6-0.7 s against 1.0 s in PyTorch), PyTorch otherwise."""
-    from mobiletune.frozen.engine import OrtEngine, TorchEngine, onnx_bytes
-
-    if device.type == "cpu":
-        try:
-            example = torch.zeros((1,) + tuple(entry_shape))
-            return OrtEngine(onnx_bytes(mid, 0, output="features", example=example))
-        except Exception:  # noqa: BLE001 - no onnxruntime, an op it lacks: PyTorch works
-            pass
-    return TorchEngine(mid, device)
-
-
 def _derive(mid: torch.nn.Module, entries, device: torch.device, batch: int = 256) -> np.ndarray:
     """Run the frozen middle (blocks after the cache depth, pooling, classifier[:-2]) over
     cached entries in large slices, giving head-stage features [n, views, d] without a
     second pass over the images."""
+    from mobiletune.frozen.cache import cache_root
+    from mobiletune.frozen.engine import frozen_engine
+
     n, rows = len(entries), _views(entries)
     if not n:
         return np.zeros((0, 1, 1), np.float32)
-    engine = _mid_engine(mid, entries.block(0, 1).shape[2:], device)
+    shape = entries.block(0, 1).shape[2:]  # e.g. 160 x 7 x 7 at MobileNetV2's last 3 blocks
+    # ONNX Runtime on CPU, like every frozen pass: 643 hymenoptera views in 0.6-0.7 s
+    # against 1.0 s in PyTorch; exported once into the cache like the prefix
+    engine = frozen_engine(mid, device, cache_root(), shape[-1], example=torch.zeros((1,) + shape))
     per = max(1, batch // rows)
     out: np.ndarray | None = None
     with torch.inference_mode():
