@@ -69,8 +69,8 @@ def base_overrides(root: Path, name: str) -> list[tuple[str, object]]:
 
 def _train(overrides: list, finetune_from: Path | None = None) -> tuple[Path, float]:
     """A run (or a default finetune of `finetune_from`) and its wall seconds."""
-    from mobiletune import train as pipeline
-    from mobiletune.config import load_config
+    from mobiletune.config.load import load_config
+    from mobiletune.training import run as pipeline
 
     start = time.perf_counter()
     if finetune_from is not None:
@@ -81,7 +81,7 @@ def _train(overrides: list, finetune_from: Path | None = None) -> tuple[Path, fl
 
 
 def _scores(run: Path, seconds: float) -> dict:
-    from mobiletune.checkpoint import load_checkpoint
+    from mobiletune.model.checkpoint import load_checkpoint
 
     best = load_checkpoint(run)
     m = best["metrics"]
@@ -97,20 +97,20 @@ def probe(overrides: list, l2: float = 1e-3) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from mobiletune.config import load_config
-    from mobiletune.data import scan
+    from mobiletune.config.load import load_config
+    from mobiletune.data.scan import scan
     from mobiletune.evaluation.calibration import calibration_errors, cross_fit_probs
     from mobiletune.evaluation.metrics import expected_calibration_error
-    from mobiletune.frozen.feeds import make_feed
-    from mobiletune.model import build_model, preprocess_spec
-    from mobiletune.stage import Callbacks
+    from mobiletune.frozen.feeds import FeedSpec, make_feed
+    from mobiletune.model.backbone import build_model, preprocess_spec
+    from mobiletune.training.stage import Callbacks
 
     cfg = load_config(None, overrides)
     start = time.perf_counter()
     data = scan(cfg.data.root, cfg.data.val_split, cfg.seed)
     model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes))
     pre = preprocess_spec(cfg.model.arch, cfg.model.weights, cfg.data.image_size)
-    feed = make_feed(cfg, data, pre, model, 0, torch.device("cpu"), Callbacks())
+    feed = make_feed(FeedSpec.of(cfg), data, pre, model, 0, torch.device("cpu"), Callbacks())
     def every(arrays) -> np.ndarray:  # [n, views, features], in RAM or from the packs
         return arrays if isinstance(arrays, np.ndarray) else arrays.block(0, len(arrays))
 

@@ -34,10 +34,10 @@ def one_group(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def run(tmp: Path, seed: int, decay: float, split: bool) -> tuple[float, float]:
     """(head-stage best val acc, finetune-stage best val acc) of one run."""
-    from mobiletune import stage
-    from mobiletune import train as pipeline
-    from mobiletune.config import load_config
-    from mobiletune.model import param_groups
+    from mobiletune.config.load import load_config
+    from mobiletune.model.backbone import param_groups
+    from mobiletune.training import run as pipeline
+    from mobiletune.training import stage
 
     stage.param_groups = param_groups if split else one_group
     cfg = load_config(None, [("name", "d"), ("output", str(tmp / "runs")),

@@ -20,8 +20,8 @@ SHARED = ROOT.parent / "shared"
 
 
 def _train(out: Path) -> Path:
-    from mobiletune import train as pipeline
-    from mobiletune.config import load_config
+    from mobiletune.config.load import load_config
+    from mobiletune.training import run as pipeline
 
     os.chdir(ROOT)  # the config's relative paths (../shared/...) are from the repo root
     overrides = [("train.epochs", 2), ("finetune.unfreeze", 0), ("output", str(out))]
@@ -29,9 +29,9 @@ def _train(out: Path) -> Path:
 
 
 def _export(source: str | Path, out: Path) -> bool:
-    from mobiletune.checkpoint import load_checkpoint
-    from mobiletune.errors import MobiletuneError
     from mobiletune.deploy.export import export_checkpoint
+    from mobiletune.errors import MobiletuneError
+    from mobiletune.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(source)
     try:  # the CLI's default --max-drop 0.03: refusal is a missed target
@@ -53,8 +53,8 @@ def _export(source: str | Path, out: Path) -> bool:
 
 
 def _profiles() -> bool:
-    from mobiletune.config import ARCHS
-    from mobiletune.profile import PUBLISHED, profile_arch
+    from mobiletune.config.schema import ARCHS
+    from mobiletune.model.profile import PUBLISHED, profile_arch
 
     ok = True
     for arch in ARCHS:

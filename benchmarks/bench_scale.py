@@ -86,7 +86,12 @@ def make_folder(root: Path, n: int, seed: int = 0) -> Path:
 
 def _epoch_seconds(model, spec, feed, device, epochs: int) -> list[float]:
     """Wall seconds of each cached epoch (train steps + val), nothing written."""
-    from mobiletune.stage import Callbacks, StageState, fit_stage, stage_threads
+    from mobiletune.training.stage import (
+        Callbacks,
+        StageState,
+        fit_stage,
+        stage_threads,
+    )
 
     marks: list[float] = []
 
@@ -122,7 +127,7 @@ def _old_layout_epoch(feats, labels, tmp: Path, batch: int) -> float:
 
 def _config(root: Path, image_size: int, device: str, weights: str):
     """The run's config, built from the schema (no YAML needed)."""
-    from mobiletune.schema import Config, DataConfig, FinetuneConfig, ModelConfig
+    from mobiletune.config.schema import Config, DataConfig, FinetuneConfig, ModelConfig
 
     return Config(device=device, model=ModelConfig(arch="mobilenet_v2", weights=weights),
                   data=DataConfig(root=str(root), image_size=image_size, augment="none",
@@ -134,16 +139,16 @@ def one(root: Path, image_size: int, epochs: int, device_name: str) -> dict:
     import numpy as np
     import torch
 
-    from mobiletune.data import scan
+    from mobiletune.data.scan import scan
     from mobiletune.frozen import feeds
-    from mobiletune.model import build_model, preprocess_spec
-    from mobiletune.stage import Callbacks, StageSpec
+    from mobiletune.model.backbone import build_model, preprocess_spec
+    from mobiletune.training.stage import Callbacks, StageSpec
 
     torch.set_flush_denormal(True)
     device = torch.device(device_name)
     import functools
 
-    from mobiletune import walk as walk_mod
+    from mobiletune.data import walk as walk_mod
 
     scan(root, 0.2, 0)  # a warm-up: both timed scans then read the files from the page cache
     probe_all = walk_mod._probe_all
@@ -162,7 +167,7 @@ def one(root: Path, image_size: int, epochs: int, device_name: str) -> dict:
         model = build_model("mobilenet_v2", weights, len(data.classes))
         pre = preprocess_spec("mobilenet_v2", weights, image_size)
         t1 = time.perf_counter()
-        feed = feeds.make_feed(cfg, data, pre, model, 0, device, Callbacks())
+        feed = feeds.make_feed(feeds.FeedSpec.of(cfg), data, pre, model, 0, device, Callbacks())
         t_fill = time.perf_counter() - t1  # fill + derive the head features
         spec = StageSpec("head", 0, epochs, 1e-3, 1e-4, 0.0, 0)
         head = _epoch_seconds(model, spec, feed, device, epochs)

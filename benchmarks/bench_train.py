@@ -26,7 +26,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torchvision import datasets, models, transforms as T
+from torchvision import datasets, models
+from torchvision import transforms as T
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -180,9 +181,9 @@ def lightning_run(head_epochs: int, ft_epochs: int, seed: int = 0) -> Result | N
 
 def ours(head_epochs: int, ft_epochs: int, views: int | None) -> Result:
     """mobiletune's pipeline from an empty cache."""
-    from mobiletune import train as pipeline
-    from mobiletune.config import load_config
-    from mobiletune.stage import Callbacks
+    from mobiletune.config.load import load_config
+    from mobiletune.training import run as pipeline
+    from mobiletune.training.stage import Callbacks
 
     res = Result()
 
@@ -204,8 +205,13 @@ def ours(head_epochs: int, ft_epochs: int, views: int | None) -> Result:
 
 def throughput(arch: str, batch: int = 32, reps: int = 3) -> dict[str, float]:
     """Frozen-feature images/s: eager, channels_last, ONNX Runtime (mobiletune's engine)."""
-    from mobiletune.frozen.engine import OrtEngine, TorchEngine, export_onnx, frozen_engine
-    from mobiletune.model import build_model, split
+    from mobiletune.frozen.engine import (
+        OrtEngine,
+        TorchEngine,
+        export_onnx,
+        frozen_engine,
+    )
+    from mobiletune.model.backbone import build_model, split
 
     weights = str(WEIGHTS) if arch == "mobilenet_v2" else "none"
     prefix, _ = split(build_model(arch, weights, 2), 0)
@@ -245,11 +251,11 @@ def fill_rate(views: int, batch: int) -> tuple[float, float]:
     of a cold cache fill (decode, views, engine, write) with the same engine, back to back."""
     import numpy as np
 
-    from mobiletune.data import scan
+    from mobiletune.data.scan import scan
     from mobiletune.frozen.cache import FeatureCache, jobs_for
     from mobiletune.frozen.engine import frozen_engine
     from mobiletune.frozen.fill import fill, workers
-    from mobiletune.model import HeadPrefix, build_model, preprocess_spec
+    from mobiletune.model.backbone import HeadPrefix, build_model, preprocess_spec
 
     data = scan(DATA)
     pre = preprocess_spec("mobilenet_v2", str(WEIGHTS), 224)
@@ -311,7 +317,7 @@ def main() -> None:
                       f"to {TARGET}: {_fmt(r.time_to(TARGET))}s {ratio}")
         t.add_section()
     con.print(t)
-    from mobiletune.config import DataConfig
+    from mobiletune.config.schema import DataConfig
     from mobiletune.frozen.fill import BATCH
 
     views = args.views or DataConfig().views

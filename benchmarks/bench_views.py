@@ -26,8 +26,8 @@ DATA = SHARED / "datasets" / "hymenoptera"
 
 def run(epochs: int, seed: int, cache: bool, views: int) -> tuple[float, float]:
     """(seconds, best val accuracy) of one head-stage run from an empty cache."""
-    from mobiletune import train as pipeline
-    from mobiletune.config import load_config
+    from mobiletune.config.load import load_config
+    from mobiletune.training import run as pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MOBILETUNE_CACHE"] = str(Path(tmp) / "cache")

@@ -26,16 +26,16 @@ from benchmarks.bench_accuracy import DATASETS, base_overrides  # noqa: E402
 
 def _record(cfg, schedule: str) -> list[list[list[float]]]:
     """Val logits after each epoch of one long head run on cached features."""
-    from mobiletune.data import scan
-    from mobiletune.frozen.feeds import make_feed
-    from mobiletune.model import build_model, preprocess_spec, split
-    from mobiletune.stage import Callbacks, StageSpec, StageState, fit_stage
+    from mobiletune.data.scan import scan
+    from mobiletune.frozen.feeds import FeedSpec, make_feed
+    from mobiletune.model.backbone import build_model, preprocess_spec, split
+    from mobiletune.training.stage import Callbacks, StageSpec, StageState, fit_stage
 
     data = scan(cfg.data.root, cfg.data.val_split, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), cfg.model.dropout)
     pre = preprocess_spec(cfg.model.arch, cfg.model.weights, cfg.data.image_size)
-    feed = make_feed(cfg, data, pre, model, 0, torch.device("cpu"), Callbacks())
+    feed = make_feed(FeedSpec.of(cfg), data, pre, model, 0, torch.device("cpu"), Callbacks())
     _, tail = split(model, 0)
     logits: list = []
 
@@ -52,7 +52,7 @@ def _record(cfg, schedule: str) -> list[list[list[float]]]:
 
 
 def record(seeds: list[int], cap: int, cosine_caps: list[int], out: Path) -> None:
-    from mobiletune.config import load_config
+    from mobiletune.config.load import load_config
 
     results = json.loads(out.read_text()) if out.is_file() else {}
     for name, make in DATASETS.items():

@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 def load(path=None):
     """A predictor for a run directory, a `.pt` checkpoint, or an exported TorchScript,
     `.onnx` or `.tflite` file (None: `runs/latest`); see `mobiletune.predict.load`."""
-    from mobiletune.predict import load as _load
+    from mobiletune.predict.predictor import load as _load
 
     return _load(path)

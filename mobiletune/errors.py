@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+
 class MobiletuneError(Exception):
     """A problem the user can fix; the message says what is wrong, where, and what to do."""
 
@@ -42,3 +45,9 @@ class TrainingInterrupted(Exception):
     def __init__(self, run_dir: object) -> None:
         super().__init__(f"interrupted; progress saved in {run_dir}")
         self.run_dir = run_dir
+
+
+# Set by the CLI's Ctrl-C / SIGTERM handler, which also raises KeyboardInterrupt. Python
+# swallows that exception when it lands in a fork hook or a finalizer (a DataLoader starting
+# its workers), so the training loop checks this flag between steps too.
+INTERRUPT = threading.Event()

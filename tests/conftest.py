@@ -68,3 +68,15 @@ def needs_shared():
     return pytest.mark.skipif(not (WEIGHTS.is_file() and HYMENOPTERA.is_dir()),
                               reason=f"integration data not found at {SHARED} "
                                      "(weights/ and datasets/hymenoptera)")
+
+
+def cache_fill(store, jobs, engine, batch: int = 32) -> int:
+    """Compute and store the missing entries of `jobs` with `engine`, as a run's fill does."""
+    from mobiletune.frozen.fill import fill
+
+    return fill(store, store.missing(jobs), lambda: engine, batch=batch)
+
+
+def cache_entry(store, path: str, kind: str):
+    """One stored entry, [rows, *feature]."""
+    return store.entries([(path, kind)]).block(0, 1)[0]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from mobiletune.checkpoint import save_checkpoint
-from mobiletune.config import Config
-from mobiletune.data import scan
+from mobiletune.config.schema import Config
+from mobiletune.data.scan import scan
 from mobiletune.fileio import write_csv
-from mobiletune.model import build_model, preprocess_spec
+from mobiletune.model.backbone import build_model, preprocess_spec
+from mobiletune.model.checkpoint import save_checkpoint
 from tests.conftest import make_folder
 
 

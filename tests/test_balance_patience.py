@@ -7,9 +7,9 @@ from collections import Counter
 
 import torch
 
-from mobiletune import train as pipeline
-from mobiletune.config import load_config
+from mobiletune.config.load import load_config
 from mobiletune.frozen.feeds import CachedData, balanced_sampler, class_weights
+from mobiletune.training import run as pipeline
 from tests.conftest import make_folder, tiny_config
 
 

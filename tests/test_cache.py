@@ -9,15 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from mobiletune import train as pipeline
-from mobiletune.config import load_config
+from mobiletune.config.load import load_config
+from mobiletune.data.images import load_image
+from mobiletune.data.transforms import pixel_views
 from mobiletune.frozen.cache import FeatureCache, cache_root
 from mobiletune.frozen.engine import TorchEngine, frozen_engine
-from mobiletune.images import load_image
-from mobiletune.model import build_model, configure_stage, preprocess_spec, split
-from mobiletune.stage import Callbacks
-from mobiletune.transforms import pixel_views
-from tests.conftest import make_folder, make_image, tiny_config
+from mobiletune.model.backbone import (
+    build_model,
+    configure_stage,
+    preprocess_spec,
+    split,
+)
+from mobiletune.training import run as pipeline
+from mobiletune.training.stage import Callbacks
+from tests.conftest import cache_entry, cache_fill, make_folder, make_image, tiny_config
 from tests.helpers_runs import live_model
 
 PRE = preprocess_spec("mobilenet_v3_small", "none", 32)
@@ -48,8 +53,8 @@ def test_cached_head_gradients_match_live(tmp_path, engine_kind):
     store = FeatureCache(tmp_path / "c", "p", PRE, "standard", 3)
     engine = frozen_engine(prefix, torch.device("cpu"), tmp_path / "c", 32, prefer=engine_kind,
                            pixels=PRE)  # uint8 pixels in, normalized inside the engine
-    store.fill([(str(img_path), "train")], engine)
-    cached = torch.from_numpy(np.array(store.load(str(img_path), "train"))).float()
+    cache_fill(store, [(str(img_path), "train")], engine)
+    cached = torch.from_numpy(np.array(cache_entry(store, str(img_path), "train"))).float()
     # the live path's input: torchvision's ToTensor + Normalize of the same crops and flips
     views = _normalized(pixel_views(load_image(img_path), PRE, "standard", "train", 3,
                                     store.key(str(img_path))))
@@ -90,13 +95,13 @@ def test_changed_image_invalidates_its_entry(tmp_path):
     store = FeatureCache(tmp_path / "c", "p", PRE, "light", 2)
     engine = _means
     jobs = [(str(a), "train"), (str(b), "eval")]
-    assert store.fill(jobs, engine) == 2 and store.missing(jobs) == []
-    before = np.array(store.load(str(a), "train"))
+    assert cache_fill(store, jobs, engine) == 2 and store.missing(jobs) == []
+    before = np.array(cache_entry(store, str(a), "train"))
     make_image(a, seed=9)  # replaced content, new mtime
     os.utime(a, ns=(1, 1))
     assert store.missing(jobs) == [(str(a), "train")]
-    store.fill(jobs, engine)
-    assert not np.array_equal(before, np.array(store.load(str(a), "train")))
+    cache_fill(store, jobs, engine)
+    assert not np.array_equal(before, np.array(cache_entry(store, str(a), "train")))
 
 
 def test_runs_share_the_cache_only_when_everything_matches(tmp_path, monkeypatch):
@@ -157,7 +162,7 @@ def test_packed_entries_read_back_what_was_written(tmp_path):
     store = FeatureCache(tmp_path / "c", "p", PRE, "light", 3)
     store.store.pack_bytes = 40  # several packs: reads must cross pack boundaries
     jobs = [(p, "train") for p in paths]
-    assert store.fill(jobs, _means) == 7
+    assert cache_fill(store, jobs, _means) == 7
     assert len(list((store.dir / "packs").glob("*.npy"))) > 1
     written = {}
     for p in paths:  # what the engine made for each image, computed on its own
@@ -177,7 +182,7 @@ def test_moved_folder_hits_and_edited_bytes_miss(tmp_path):
     data = make_folder(tmp_path / "data", per_class=3)
     store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
     jobs = [(str(p), "eval") for p in sorted(data.rglob("*.jpg"))]
-    store.fill(jobs, _means)
+    cache_fill(store, jobs, _means)
     moved = data.rename(tmp_path / "renamed")
     jobs2 = [(p.replace(str(data), str(moved)), k) for p, k in jobs]
     fresh = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)  # a new process, same cache
@@ -204,7 +209,7 @@ def test_a_killed_fill_leaves_no_visible_half_pack(tmp_path, monkeypatch):
         return _means(x)
 
     with pytest.raises(KeyboardInterrupt):
-        store.fill([(p, "eval") for p in paths], dies_on_third, batch=1)
+        cache_fill(store, [(p, "eval") for p in paths], dies_on_third, batch=1)
     (store.dir / "packs" / "orphan.npy").write_bytes(b"half")  # a pack killed before its index
     again = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
     assert again.missing([(p, "eval") for p in paths]) == [(p, "eval") for p in paths[2:]]

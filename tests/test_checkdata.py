@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mobiletune.checkdata import check_data, hamming, phash
+from mobiletune.data.checkdata import check_data, hamming, phash
 from mobiletune.errors import DataError
 
 

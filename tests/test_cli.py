@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiletune.cli import app
+from mobiletune.model.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import make_folder, tiny_config
 from tests.helpers_runs import make_live_run
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mobiletune.config import (NUM_BLOCKS, apply_overrides, config_from_dict, load_config,
-                               parse_override)
+from mobiletune.config.load import (
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    parse_override,
+)
+from mobiletune.config.schema import NUM_BLOCKS
 from mobiletune.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from mobiletune.data import scan
+from mobiletune.data.scan import scan
 from mobiletune.errors import DataError
 from tests.conftest import make_folder, make_image
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import mobiletune
 from mobiletune.cli import app
-from mobiletune.explain import Explainer, grad_cam
+from mobiletune.evaluation.explain import Explainer, grad_cam
 from tests.conftest import make_image
 from tests.helpers_runs import live_model, make_live_run
 

@@ -11,18 +11,21 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from mobiletune.config import Config
-from mobiletune.data import scan
-from mobiletune.transforms import eval_transform
+from mobiletune.data.preprocess import normalize, preprocess_image
+from mobiletune.data.transforms import eval_transform
+from mobiletune.deploy.export import (
+    export_checkpoint,
+    load_torchscript,
+    metadata,
+    write_onnx,
+)
+from mobiletune.deploy.int8 import quantize_int8
+from mobiletune.deploy.parity import calibration_batches, check_samples, decode_crops
 from mobiletune.errors import CheckpointError, ConfigError, DataError, MobiletuneError
-from mobiletune.deploy.export import export_checkpoint, load_torchscript, metadata, write_onnx
-from mobiletune.deploy.parity import calibration_batches, check_samples, decode_batches
-from mobiletune.frozen.engine import onnx_bytes
-from mobiletune.model import build_model, preprocess_spec
-from mobiletune.deploy.backends import onnx_backend, open_backend
-from mobiletune.deploy.runtime import normalize, preprocess_image, quantize_int8
-from mobiletune.fileio import write_csv
+from mobiletune.model.backbone import build_model, preprocess_spec
+from mobiletune.model.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiletune.onnxrt import onnx_bytes
+from mobiletune.predict.backends import onnx_backend, open_backend
 from tests.conftest import make_folder
 from tests.helpers_runs import make_live_run
 
@@ -81,7 +84,7 @@ def test_onnx_round_trip_keeps_metadata_and_top1(exported):
 def test_parity_report_on_the_runs_val_images(exported):
     ckpt, report = exported
     val = [s for s in check_samples(ckpt, None)[1]]
-    x = np.concatenate([b for b, _ in decode_batches(val, ckpt["preprocess"])])
+    x = normalize(decode_crops(val, ckpt["preprocess"])[0], ckpt["preprocess"])
     assert_varies(_probs(model_from_checkpoint(ckpt), x))  # the images the report compares on
     assert report.images == 6  # splits.csv: 2 val images per class
     assert report.agreement == 1.0 and report.max_prob_diff < 1e-4
@@ -214,7 +217,7 @@ def test_onnx_backend_rejects_files_it_cannot_use(tmp_path):
 def test_cli_export_prints_parity_and_maps_errors_to_exit_2(tmp_path, monkeypatch):
     from mobiletune.cli import app
 
-    monkeypatch.setattr("mobiletune.profile.time_ms", lambda fn, **kw: 1.0)  # no timing here
+    monkeypatch.setattr("mobiletune.onnxrt.time_ms", lambda fn, **kw: 1.0)  # no timing here
     run = make_run(tmp_path)
     runner = CliRunner()
     res = runner.invoke(app, ["export", "--checkpoint", str(run), "--format", "onnx",
@@ -231,7 +234,7 @@ def test_cli_export_prints_parity_and_maps_errors_to_exit_2(tmp_path, monkeypatc
 def test_int8_partial_is_removed_when_quantizing_fails(tmp_path):
     """Both int8 paths (ONNX and TFLite) write through int8_partial: a quantizer that fails
     half-way leaves neither the .partial file nor a final int8 file."""
-    from mobiletune.deploy.export import int8_partial
+    from mobiletune.deploy.int8 import int8_partial
 
     final = tmp_path / "model.int8.tflite"
     with pytest.raises(RuntimeError):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from mobiletune.data.images import load_image
+from mobiletune.data.transforms import pixel_views
 from mobiletune.errors import DataError
 from mobiletune.frozen.cache import FeatureCache
 from mobiletune.frozen.fill import fill
-from mobiletune.images import load_image
-from mobiletune.model import preprocess_spec
-from mobiletune.transforms import pixel_views
-from tests.conftest import make_image
+from mobiletune.model.backbone import preprocess_spec
+from tests.conftest import cache_entry, make_image
 
 PRE = preprocess_spec("mobilenet_v3_small", "none", 32)
 
@@ -39,10 +39,10 @@ def test_entries_keep_their_job_across_batch_boundaries(tmp_path):
     assert max(calls) <= 4 and sum(calls) == sum(3 if k == "train" else 1 for _, k in jobs)
     for p, kind in jobs:
         want = np.stack(pixel_views(load_image(p, 64), PRE, "light", kind, 3, store.key(p)))
-        got = np.array(store.load(p, kind))
+        got = np.array(cache_entry(store, p, kind))
         assert got.shape == (3 if kind == "train" else 1, 3)
         assert np.array_equal(got, _means(torch.from_numpy(want)).half().numpy())
-    firsts = {tuple(np.array(store.load(p, k))[0]) for p, k in jobs}
+    firsts = {tuple(np.array(cache_entry(store, p, k))[0]) for p, k in jobs}
     assert len(firsts) == len(jobs)  # distinct images, distinct entries: nothing mixed up
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from mobiletune.data import Sample
-from mobiletune.folds import assign_folds
+from mobiletune.data.samples import Sample
+from mobiletune.training.folds import assign_folds
 from tests.conftest import make_folder, tiny_config
 from tests.helpers_robust import invoke
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mobiletune import train as pipeline
-from mobiletune.config import load_config
-from mobiletune.model import build_model, configure_stage
+from mobiletune.config.load import load_config
+from mobiletune.model.backbone import build_model, configure_stage
+from mobiletune.training import run as pipeline
 from tests.conftest import tiny_config
 
 

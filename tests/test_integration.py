@@ -6,9 +6,9 @@ import csv
 
 import pytest
 
-from mobiletune import train as pipeline
-from mobiletune.config import load_config
-from mobiletune.predict import load
+from mobiletune.config.load import load_config
+from mobiletune.predict.predictor import load
+from mobiletune.training import run as pipeline
 from tests.conftest import HYMENOPTERA, WEIGHTS, needs_shared
 
 

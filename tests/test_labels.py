@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mobiletune.cli import app
-from mobiletune.data import scan
+from mobiletune.data.labels import read_labels, scan_labels
+from mobiletune.data.scan import scan
 from mobiletune.errors import DataError
-from mobiletune.labels import read_labels, scan_labels
 from tests.conftest import HYMENOPTERA, make_image, needs_shared, tiny_config
 
 runner = CliRunner()

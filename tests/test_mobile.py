@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 import mobiletune
-from mobiletune.checkpoint import load_checkpoint
 from mobiletune.cli import app
 from mobiletune.deploy.export import export_checkpoint
 from mobiletune.errors import CheckpointError, MissingExtraError, MobiletuneError
+from mobiletune.model.checkpoint import load_checkpoint
 from tests.helpers_runs import make_live_run
 
 runner = CliRunner()
@@ -70,9 +70,10 @@ def test_missing_extra_is_one_line_exit_2(live, monkeypatch, extra, fmt, module)
     assert res.exit_code == 2 and f"pip install 'mobiletune[{extra}]'" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (run.parent / "x").exists()
     with pytest.raises(MissingExtraError):
-        from mobiletune.deploy import coreml, tflite
+        from mobiletune.deploy import coreml
+        from mobiletune.predict import litert
 
-        (tflite if extra == "tflite" else coreml).need()
+        (litert if extra == "tflite" else coreml).need()
 
 
 def test_int8_needs_tflite_or_float_onnx(live):
@@ -99,7 +100,7 @@ def test_tflite_int8_beyond_max_drop_is_refused_and_float_kept(live, tmp_path):
 
 @needs_tflite
 def test_tflite_float_and_int8_checked_in_litert(live, tmp_path):
-    from mobiletune.deploy.tflite import read_metadata
+    from mobiletune.predict.litert import read_metadata
 
     run, files, ref = live
     res = runner.invoke(app, ["export", "--checkpoint", str(run), "--format", "tflite",

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_robust import invoke
-from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_robust import (
+    invoke,
+    one_thread,  # noqa: F401 (autouse fixture)
+)
 from tests.helpers_runs import make_live_run
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mobiletune.model import build_model, configure_stage
-from mobiletune.stage import StageSpec, make_optimizer
+from mobiletune.model.backbone import build_model, configure_stage
+from mobiletune.training.stage import StageSpec, make_optimizer
 
 
 def test_decay_hits_weights_only():

@@ -14,11 +14,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import mobiletune
-from mobiletune.checkpoint import load_checkpoint
 from mobiletune.cli import app
-from mobiletune.deploy.backends import is_torchscript
 from mobiletune.deploy.export import export_checkpoint
 from mobiletune.errors import CheckpointError
+from mobiletune.model.checkpoint import load_checkpoint
+from mobiletune.predict.backends import is_torchscript
 from tests.helpers_runs import make_live_run
 
 runner = CliRunner()
@@ -126,7 +126,7 @@ def test_unreadable_inputs_get_errors_the_rest_predicted_exit_2(live, tmp_path):
 def test_batches_on_several_workers_keep_every_result_with_its_input(live, tmp_path, monkeypatch):
     """Batches finish in any order on several workers: each probability row and each error
     must still land on its own input (distinct errors, rows checked one image at a time)."""
-    monkeypatch.setattr("mobiletune.predict.workers", lambda: 3)
+    monkeypatch.setattr("mobiletune.predict.predictor.workers", lambda: 3)
     run, _, _, files = live
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
@@ -147,14 +147,14 @@ def test_a_finetuned_checkpoint_runs_its_frozen_part_from_the_cached_export(tmp_
     """Scoring a fine-tuned run: the blocks training left frozen run from the export its
     cache fill made (nothing new is exported), the trained blocks in PyTorch, and the
     probabilities are the whole model's."""
-    from mobiletune.deploy.runtime import crop_uint8, normalize
+    from mobiletune.data.images import load_image
+    from mobiletune.data.preprocess import crop_uint8, normalize
     from mobiletune.frozen.engine import frozen_engine
-    from mobiletune.images import load_image
-    from mobiletune.model import preprocess_spec, split
+    from mobiletune.model.backbone import preprocess_spec, split
     from tests.helpers_runs import live_model
 
     monkeypatch.setenv("MOBILETUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("mobiletune.deploy.backends.ORT_FROM", 1)  # a dozen images go to ORT
+    monkeypatch.setattr("mobiletune.predict.backends.ORT_FROM", 1)  # a dozen images go to ORT
     run = make_live_run(tmp_path)
     ckpt = load_checkpoint(run)
     model = live_model()

@@ -10,12 +10,15 @@ import pytest
 import torch
 import yaml
 
-from mobiletune import train as pipeline
-from mobiletune.config import load_config
+from mobiletune.config.load import load_config
 from mobiletune.errors import DataError, TrainingInterrupted
+from mobiletune.training import run as pipeline
 from tests.conftest import make_folder
-from tests.helpers_robust import invoke, write_config
-from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_robust import (
+    invoke,
+    one_thread,  # noqa: F401 (autouse fixture)
+    write_config,
+)
 from tests.test_resume import StopAt
 
 

@@ -9,8 +9,13 @@ import pytest
 from torch import nn
 from typer.testing import CliRunner
 
-from mobiletune.config import ARCHS
-from mobiletune.profile import PUBLISHED, measure_latency, profile_arch, profile_model
+from mobiletune.config.schema import ARCHS
+from mobiletune.model.profile import (
+    PUBLISHED,
+    measure_latency,
+    profile_arch,
+    profile_model,
+)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -80,7 +85,7 @@ def test_image_size_scales_macs_but_not_params():
 
 
 def test_latency_is_measured_for_both_engines():
-    from mobiletune.model import build_model
+    from mobiletune.model.backbone import build_model
 
     lat = measure_latency(build_model("mobilenet_v3_small", "none", 3), 32, (1, 2), budget_s=0.0)
     assert set(lat) == {"pytorch", "onnxruntime"}

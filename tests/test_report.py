@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_folder, tiny_config
 from PIL import Image
 
-from conftest import make_folder, tiny_config
 from mobiletune.evaluation import report
 from mobiletune.evaluation.metrics import classification_metrics
 

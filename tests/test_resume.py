@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-
 import os
 import signal
 import subprocess
@@ -15,16 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobiletune import runstate
-from mobiletune import train as pipeline
-from mobiletune.config import load_config
-from mobiletune.errors import TrainingInterrupted
-from mobiletune.interrupts import INTERRUPT
-from mobiletune.stage import Callbacks
+from mobiletune.config.load import load_config
+from mobiletune.errors import INTERRUPT, TrainingInterrupted
+from mobiletune.training import run as pipeline
+from mobiletune.training import runstate
+from mobiletune.training.stage import Callbacks
 from tests.conftest import make_folder, make_image
-from tests.helpers_robust import invoke, read_csv, write_config
+from tests.helpers_robust import (
+    invoke,
+    one_thread,  # noqa: F401 (autouse fixture)
+    read_csv,
+    write_config,
+)
 from tests.helpers_runs import live_weights
-from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {"train": {"epochs": 2, "lr": 0.1}, "finetune": {"unfreeze": 2, "epochs": 2, "lr": 0.01}}

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobiletune.fileio import atomic_write
-from mobiletune.runs import new_run_dir
+from mobiletune.fileio import atomic_write, new_run_dir
 from tests.conftest import WEIGHTS, make_folder
-from tests.helpers_robust import invoke, write_config
-from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_robust import (
+    invoke,
+    one_thread,  # noqa: F401 (autouse fixture)
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +153,7 @@ def test_runs_with_one_name_live_side_by_side(run, tmp_path):
 
 @pytest.mark.parametrize("fits", [1, 3])
 def test_disk_full_is_exit_2_and_keeps_the_saved_checkpoint(run, tmp_path, monkeypatch, fits):
-    from mobiletune import runstate
+    from mobiletune.training import runstate
 
     real, calls = runstate.save_checkpoint, []
 

@@ -12,12 +12,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mobiletune.config import (SECTIONS, Config, absolutize, all_keys, config_from_dict,
-                               read_yaml)
+from mobiletune.config.load import absolutize, config_from_dict, read_yaml
+from mobiletune.config.schema import SECTIONS, Config, all_keys
 from mobiletune.errors import ConfigError
 from tests.conftest import make_folder
-from tests.helpers_robust import invoke, write_config
-from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_robust import (
+    invoke,
+    one_thread,  # noqa: F401 (autouse fixture)
+    write_config,
+)
 
 GOOD = "name: t\nmodel:\n  arch: mobilenet_v3_small\n  weights: none\n"
 

@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from mobiletune.data import scan
+import mobiletune.data.scan as D
+from mobiletune.data.images import load_image
+from mobiletune.data.scan import scan
 from mobiletune.errors import DataError
-from mobiletune.images import load_image
-import mobiletune.data as D
 from tests.conftest import make_folder
-from tests.helpers_robust import (DATA_CASES, every_entry, invoke, make_messy, read_csv, rgb,
-                                  save, write_config)
-from tests.helpers_robust import one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_robust import (
+    DATA_CASES,
+    every_entry,
+    invoke,
+    make_messy,
+    one_thread,  # noqa: F401 (autouse fixture)
+    read_csv,
+    rgb,
+    save,
+    write_config,
+)
 
 
 @pytest.mark.parametrize("case", sorted(DATA_CASES))
@@ -169,7 +177,7 @@ def test_decompression_bomb_is_caught_when_probed_from_many_threads(tmp_path, mo
     warnings filter is process-wide state that another thread's exit can undo)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mobiletune.images import probe
+    from mobiletune.data.images import probe
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
     bombs = [save(rgb((80, 80)), tmp_path / f"bomb{i}.png") for i in range(8)]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mobiletune import train as pipeline
-from mobiletune.config import load_config
-from mobiletune.stage import Callbacks
+from mobiletune.config.load import load_config
+from mobiletune.training import run as pipeline
+from mobiletune.training.stage import Callbacks
 from tests.conftest import make_folder, make_image, tiny_config
 
 

@@ -12,13 +12,19 @@ import pytest
 import torch
 from torchvision import models
 
-from mobiletune import finish, stage, train as pipeline
-from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
-from mobiletune.config import load_config
-from mobiletune.evaluation.calibration import (calibration_errors, cross_fit_probs,
-                                               fit_temperature, halves, softmax)
+from mobiletune.config.load import load_config
+from mobiletune.evaluation.calibration import (
+    calibration_errors,
+    cross_fit_probs,
+    fit_temperature,
+    halves,
+    softmax,
+)
 from mobiletune.evaluation.metrics import expected_calibration_error, wilson_interval
-from mobiletune.predict import load
+from mobiletune.model.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiletune.predict.predictor import load
+from mobiletune.training import finish, stage
+from mobiletune.training import run as pipeline
 from tests.conftest import make_folder, tiny_config
 from tests.helpers_robust import invoke
 

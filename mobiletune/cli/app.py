@@ -17,8 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mobiletune import __version__
-from mobiletune.errors import MobiletuneError, TrainingInterrupted
-from mobiletune.interrupts import INTERRUPT
+from mobiletune.errors import INTERRUPT, MobiletuneError, TrainingInterrupted
 
 app = typer.Typer(
     name="mobiletune", no_args_is_help=True, add_completion=False,

@@ -69,7 +69,7 @@ def check_data(
     imbalance, and duplicate images across train and val (exit 1 when anything is found)."""
     from rich.progress import Progress
 
-    from mobiletune.checkdata import check_data as run_check
+    from mobiletune.data.checkdata import check_data as run_check
 
     with Progress(console=err, transient=True, disable=as_json) as bar:
         task = bar.add_task("reading images", total=None)

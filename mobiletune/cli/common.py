@@ -10,8 +10,8 @@ from typing import Any, Literal, Optional
 
 import typer
 
-from mobiletune.config import parse_override
-from mobiletune.schema import ARCHS, DEVICES
+from mobiletune.config.load import parse_override
+from mobiletune.config.schema import ARCHS, DEVICES
 
 ArchName = Literal[ARCHS]  # type: ignore[valid-type]  # the schema's tuple, spelled once
 DeviceName = Literal[DEVICES]  # type: ignore[valid-type]

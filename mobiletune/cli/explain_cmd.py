@@ -40,10 +40,9 @@ def explain(
     model sees are dimmed). Exit 2 when any input could not be read."""
     from rich.progress import Progress
 
-    from mobiletune.explain import Explainer
-    from mobiletune.fileio import atomic_write
-    from mobiletune.predict import expand_inputs, require_some
-    from mobiletune.runs import find_run, new_run_dir
+    from mobiletune.evaluation.explain import Explainer
+    from mobiletune.fileio import atomic_write, find_run, new_run_dir
+    from mobiletune.predict.predictor import expand_inputs, require_some
 
     files = expand_inputs(paths)
     explainer = Explainer.from_checkpoint(checkpoint)

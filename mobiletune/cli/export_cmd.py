@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Literal, Optional
 import typer
 
 from mobiletune.cli.app import app, err, guarded, out
-from mobiletune.schema import EXPORT_FORMATS
+from mobiletune.config.schema import EXPORT_FORMATS
 
 if TYPE_CHECKING:  # torch stays out of `--help`
-    from mobiletune.deploy.export import ExportReport
+    from mobiletune.deploy.parity import ExportReport
 
 
 def _mb(n: int) -> str:
@@ -69,8 +69,8 @@ def export(
     """Export a checkpoint for deployment, with class names and preprocessing in the file,
     load it back in its runtime and check it against the PyTorch model on the run's
     validation images (Core ML: checked structurally, it runs only on Apple platforms)."""
-    from mobiletune.checkpoint import load_checkpoint
     from mobiletune.deploy.export import export_checkpoint
+    from mobiletune.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     report = export_checkpoint(

@@ -26,7 +26,7 @@ def predict(
 ) -> None:
     """Predict the class of each image with a trained checkpoint or an export. Exit 2 when
     any input could not be read (the others are still predicted)."""
-    from mobiletune.predict import expand_inputs, load, require_some
+    from mobiletune.predict.predictor import expand_inputs, load, require_some
 
     files = expand_inputs(paths)
     preds = load(checkpoint).predict(files, top_k=top_k, batch_size=batch_size)

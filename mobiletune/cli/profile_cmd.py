@@ -74,8 +74,8 @@ def profile(
 ) -> None:
     """Per-block shapes, parameters and multiply-adds, what depthwise separability saves,
     and measured latency (1000-class ImageNet head, random weights)."""
-    from mobiletune.model import build_model
-    from mobiletune.profile import measure_latency, profile_arch
+    from mobiletune.model.backbone import build_model
+    from mobiletune.model.profile import measure_latency, profile_arch
 
     prof = profile_arch(arch, image_size)
     if not as_json:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import time
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from mobiletune.cli.app import err
-from mobiletune.stage import Callbacks, EpochResult, StageSpec
+from mobiletune.training.stage import Callbacks, EpochResult, StageSpec
 
 
 def stage_table(spec: StageSpec, rows: list) -> Table:

@@ -34,7 +34,7 @@ def summary(best: dict) -> str:
 
 
 def _finish(run_dir: Path) -> None:
-    from mobiletune.checkpoint import load_checkpoint
+    from mobiletune.model.checkpoint import load_checkpoint
 
     best = load_checkpoint(run_dir)
     err.print(f"[bold green]done.[/] {summary(best)}\nrun directory: {run_dir}",
@@ -84,10 +84,10 @@ def train(
 ) -> None:
     """Train the head (backbone frozen), then the finetune stage if the config has one."""
     from mobiletune.cli.render import RichCallbacks
-    from mobiletune.config import load_config
+    from mobiletune.config.load import load_config
     from mobiletune.errors import ConfigError
-    from mobiletune import train as pipeline
-    from mobiletune.folds import train_folds
+    from mobiletune.training import run as pipeline
+    from mobiletune.training.folds import train_folds
 
     pairs = c.common_pairs(arch, weights, data, batch_size, image_size, device, seed, out,
                            workers, name)
@@ -126,7 +126,7 @@ def finetune(
     """Continue a trained run with its last N blocks unfrozen, into a new run directory
     (`<name>-ft`). The config is the parent's; overrides it cannot act on are refused."""
     from mobiletune.cli.render import RichCallbacks
-    from mobiletune import train as pipeline
+    from mobiletune.training import run as pipeline
 
     pairs = c.common_pairs(arch, weights, data, batch_size, image_size, device, seed, out,
                            workers, name)

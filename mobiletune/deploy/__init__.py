@@ -1,1 +1,2 @@
-"""Deployment: export to files that run without mobiletune, and running them (ONNX Runtime, int8)."""
+"""Deployment: export a checkpoint to files that run without mobiletune (ONNX, TorchScript,
+TFLite, Core ML), check each against PyTorch on real images, and quantize to int8."""

@@ -2,42 +2,43 @@
 
 The exported graph maps a normalized float32 NCHW batch (any batch size) to logits. Class
 names and preprocessing travel inside the file: ONNX `metadata_props`, TorchScript extra
-files, both under the keys of `deploy.runtime.META_KEYS`. Parity is measured on real images of
+files, both under the keys of `onnxrt.META_KEYS`. Parity is measured on real images of
 the run (its splits.csv, or `--data`), decoded once and fed to every model side by side.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
-from mobiletune.deploy.backends import load_torchscript
-from mobiletune.deploy.parity import (CALIB_IMAGES, Outputs, Runner, calibration_batches,
-                                      check_samples, collect, onnx_runner, torch_runner)
-from mobiletune.deploy.runtime import make_session, quantize_int8
-from mobiletune.errors import ConfigError, MobiletuneError
+from mobiletune.deploy.formats import (
+    FILE_NAMES,
+    default_path,
+    metadata,
+    state_dict_bytes,
+)
+from mobiletune.deploy.int8 import int8_partial, int8_path_for, keep_int8, quantize_int8
+from mobiletune.deploy.parity import (
+    CALIB_IMAGES,
+    ExportReport,
+    Runner,
+    calibration_batches,
+    check_samples,
+    checked_report,
+    collect,
+    onnx_runner,
+    torch_runner,
+)
+from mobiletune.errors import ConfigError
 from mobiletune.fileio import atomic_write
-from mobiletune.frozen.engine import onnx_bytes
-
-
-
-def metadata(ckpt: dict) -> dict[str, str]:
-    """The strings stored in an exported file: what predicting needs, plus provenance."""
-    pre = ckpt["preprocess"]
-    return {"class_names": json.dumps(list(ckpt["class_names"])),
-            "mean": json.dumps([float(v) for v in pre["mean"]]),
-            "std": json.dumps([float(v) for v in pre["std"]]),
-            "resize": str(int(pre["resize"])), "crop": str(int(pre["crop"])),
-            "arch": ckpt["arch"], "producer": "mobiletune"}
+from mobiletune.onnxrt import make_session, onnx_bytes
+from mobiletune.predict.backends import load_torchscript
 
 
 def write_onnx(model: nn.Module, path: str | Path, meta: dict[str, str], image_size: int) -> Path:
@@ -58,95 +59,6 @@ def write_torchscript(model: nn.Module, path: str | Path, meta: dict[str, str],
         buf = io.BytesIO()
         torch.jit.save(traced, buf, _extra_files=dict(meta))
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
-def state_dict_bytes(model: nn.Module) -> int:
-    """Size of the model's state_dict as torch.save writes it: PyTorch's size on disk."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
-
-
-@dataclass
-class ExportReport:
-    """What `export` wrote and how the export compares with the PyTorch model."""
-
-    format: str
-    path: Path
-    images: int  # validation images the parity check ran on
-    agreement: float  # top-1 agreement of the export with PyTorch
-    max_prob_diff: float
-    accuracy: dict[str, float]  # per model: pytorch, onnx|torchscript[, int8]
-    latency_ms: dict[str, float]  # batch 1, per model
-    size_bytes: dict[str, int]  # on disk, per model (pytorch: its state_dict)
-    int8_path: Path | None = None
-    int8_float_blocks: int | None = None  # trailing blocks the int8 model keeps float
-    notes: list[str] = field(default_factory=list)  # checks made without running (Core ML)
-
-    @property
-    def int8_drop(self) -> float | None:
-        return self.accuracy[self.format] - self.accuracy["int8"] if self.int8_path else None
-
-
-FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "tflite": "model.tflite",
-              "coreml": "model.mlpackage"}
-
-
-def default_path(ckpt: dict, fmt: str) -> Path:
-    """`<run>/export/model.onnx` (model.pt, model.tflite, model.mlpackage), beside the run."""
-    return Path(ckpt["path"]).parent / "export" / FILE_NAMES[fmt]
-
-
-def int8_path_for(path: Path) -> Path:
-    """Where the int8 model goes: beside the float one, `model.onnx` -> `model.int8.onnx`."""
-    return path.with_name(f"{path.stem}.int8{path.suffix or '.onnx'}")
-
-
-@contextlib.contextmanager
-def int8_partial(final: Path | None) -> Iterator[Path | None]:
-    """The temporary name an int8 model is written to before `keep_int8` renames it to
-    `final`; removed on the way out, so a refused or interrupted export leaves no half-made
-    file. None when no int8 model is asked for."""
-    tmp = final.with_name(f".{final.name}.partial") if final else None
-    try:
-        yield tmp
-    finally:
-        if tmp:
-            tmp.unlink(missing_ok=True)
-
-
-def keep_int8(out: Outputs, fmt: str, max_drop: float, path: Path, tmp: Path,
-              final: Path) -> None:
-    """Rename the int8 model at `tmp` to `final`, or refuse it (exit 2) when its val accuracy
-    drops more than `max_drop` below the float export's."""
-    check_int8(out, fmt, max_drop, path, final)
-    os.replace(tmp, final)
-
-
-def check_int8(out: Outputs, fmt: str, max_drop: float, path: Path, final: Path) -> None:
-    drop = out.accuracy(fmt) - out.accuracy("int8")
-    if drop > max_drop:
-        stale = f" The {final.name} there is from an earlier export." if final.exists() else ""
-        raise MobiletuneError(
-            f"int8 accuracy {out.accuracy('int8'):.4f} is {drop:.4f} below the float model's "
-            f"{out.accuracy(fmt):.4f} on {len(out.labels)} validation images, more than "
-            f"--max-drop {max_drop}; the int8 model was not kept.{stale} The float export "
-            f"{path} is fine: ship it, or allow a larger drop with --max-drop.")
-
-
-def checked_report(fmt: str, path: Path, res: Outputs, runners: dict[str, Runner],
-                   sizes: dict[str, int], int8_path: Path | None, float_blocks: int | None,
-                   latency_budget_s: float, progress: Callable[[str], None]) -> ExportReport:
-    """Time every runner at batch 1 and report the parity check in `res` against PyTorch."""
-    from mobiletune.profile import time_ms
-
-    progress("timing batch-1 latency")
-    # warm-up calls: TorchScript's profiling executor optimizes the graph during its first ones
-    latency = {k: time_ms(lambda r=r: r(res.first), budget_s=latency_budget_s, warmup=3)
-               for k, r in runners.items()}
-    return ExportReport(fmt, path, len(res.labels), res.agreement("pytorch", fmt),
-                        res.max_diff("pytorch", fmt), {k: res.accuracy(k) for k in runners},
-                        latency, sizes, int8_path, float_blocks)
 
 
 def _check_format(fmt: str, int8: bool, uint8_input: bool) -> None:
@@ -205,7 +117,7 @@ def export_checkpoint(ckpt: dict, fmt: str, out: str | Path | None = None, *, in
     than `max_drop`). tflite, coreml and onnx with `uint8_input` are apps' formats
     (`deploy.mobile`): uint8 image in, probabilities out. An earlier export is never
     replaced (see `_target`) unless `force`."""
-    from mobiletune.checkpoint import model_from_checkpoint
+    from mobiletune.model.checkpoint import model_from_checkpoint
 
     _check_format(fmt, int8, uint8_input)
     if fmt in ("tflite", "coreml") or uint8_input:

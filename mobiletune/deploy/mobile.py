@@ -10,7 +10,6 @@ checked structurally (classes, input image, size). TFLite int8 is refused beyond
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Callable
 
@@ -18,45 +17,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiletune.data import Sample
-from mobiletune.deploy.export import (ExportReport, checked_report, int8_partial, keep_int8,
-                                      metadata, state_dict_bytes)
-from mobiletune.deploy.parity import CALIB_IMAGES, Outputs, check_samples, torch_runner
-from mobiletune.deploy.runtime import crop_uint8, normalize
-from mobiletune.errors import ConfigError, DataError
-from mobiletune.images import load_image
+from mobiletune.data.preprocess import Normalized, normalize
+from mobiletune.deploy.formats import metadata, state_dict_bytes
+from mobiletune.deploy.int8 import int8_partial, int8_path_for, keep_int8
+from mobiletune.deploy.parity import (
+    CALIB_IMAGES,
+    ExportReport,
+    Outputs,
+    calibration_batches,
+    check_samples,
+    checked_report,
+    decode_crops,
+    torch_runner,
+)
+from mobiletune.errors import ConfigError
+
 
 class UInt8Classifier(nn.Module):
-    """uint8 NHWC crops -> class probabilities, with the checkpoint's normalization inside."""
+    """uint8 crops -> class probabilities: the checkpoint's normalization inside the graph
+    (`preprocess.Normalized`, the same one the cache's engine runs), softmax at the end."""
 
     def __init__(self, model: nn.Module, pre: dict, layout: str = "nhwc") -> None:
         super().__init__()
-        self.model, self.layout = model.eval(), layout
-        # folded into one multiply-add: (x / 255 - mean) / std == x * scale + shift
-        std = torch.tensor(pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        mean = torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * std))
-        self.register_buffer("shift", -mean / std)
+        self.normalized, self.layout = Normalized(model.eval(), pre["mean"], pre["std"]), layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout == "nhwc":
-            x = x.permute(0, 3, 1, 2)
-        return torch.softmax(self.model(x.float() * self.scale + self.shift), dim=1)
-
-
-def decode_crops(samples: list[Sample], pre: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 NHWC crops, labels) of the samples that decode; others are left out."""
-    crops, labels = [], []
-    for s in samples:
-        try:
-            crops.append(crop_uint8(load_image(s.path, pre["resize"]), pre))
-            labels.append(s.label)
-        except Exception:  # moved or unreadable since training: not part of the check
-            continue
-    if not crops:
-        raise DataError(f"None of the {len(samples)} check images could be decoded "
-                        f"(first: {samples[0].path if samples else '-'}).")
-    return np.stack(crops), np.asarray(labels)
+        if self.layout == "nchw":  # Core ML's image input: Normalized takes NHWC
+            x = x.permute(0, 2, 3, 1)
+        return torch.softmax(self.normalized(x), dim=1)
 
 
 def _batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, n: int = 32) -> np.ndarray:
@@ -70,7 +58,7 @@ def check_options(fmt: str, int8: bool) -> None:
         raise ConfigError(f"--int8 is not available with {what}: use --format tflite --int8, "
                           "or --format onnx --int8 (float input).", key="--int8", value=True)
     if fmt == "tflite":
-        from mobiletune.deploy.tflite import need
+        from mobiletune.predict.litert import need
 
         need()
     elif fmt == "coreml":
@@ -94,7 +82,7 @@ def _write(model: nn.Module, fmt: str, path: Path, meta: dict, ckpt: dict) -> No
     elif fmt == "onnx":
         import onnx
 
-        from mobiletune.frozen.engine import onnx_bytes
+        from mobiletune.onnxrt import onnx_bytes
 
         example = torch.zeros(1, crop, crop, 3, dtype=torch.uint8)
         proto = onnx.load_from_string(onnx_bytes(wrapper, crop, "probabilities", example))
@@ -108,15 +96,6 @@ def _write(model: nn.Module, fmt: str, path: Path, meta: dict, ckpt: dict) -> No
         convert(UInt8Classifier(model, pre, "nchw"), ckpt, meta, path)
 
 
-def _calibration(train: list[Sample], pre: dict, seed: int = 0) -> list[np.ndarray]:
-    if not train:
-        raise DataError("No training images to calibrate int8 ranges on; pass a data folder "
-                        "with train/ images with --data DIR.")
-    picked = random.Random(seed).sample(train, min(CALIB_IMAGES, len(train)))
-    crops, _ = decode_crops(picked, pre)
-    return [crops[i:i + 16] for i in range(0, len(crops), 16)]
-
-
 def export_mobile(ckpt: dict, fmt: str, path: Path, *, int8: bool = False,
                   data: str | None = None, max_drop: float = 0.03,
                   progress: Callable[[str], None] = lambda _msg: None,
@@ -124,8 +103,8 @@ def export_mobile(ckpt: dict, fmt: str, path: Path, *, int8: bool = False,
     """Export `ckpt` for apps as `fmt` (tflite | coreml | onnx with a uint8 input) to `path`,
     load it back and check it; with `int8` (tflite) also a full-integer model, refused
     when its val accuracy drops more than `max_drop` below the float export's."""
-    from mobiletune.checkpoint import model_from_checkpoint
-    from mobiletune.deploy.backends import open_backend
+    from mobiletune.model.checkpoint import model_from_checkpoint
+    from mobiletune.predict.backends import open_backend
 
     check_options(fmt, int8)
     torch.set_flush_denormal(True)
@@ -143,14 +122,15 @@ def export_mobile(ckpt: dict, fmt: str, path: Path, *, int8: bool = False,
                             notes=check(path, ckpt))
     reference = torch_runner(model)
     runners = {"pytorch": lambda c: reference(normalize(c, pre)), fmt: open_backend(path).run}
-    int8_path = path.with_name(f"{path.stem}.int8{path.suffix}") if int8 else None
+    int8_path = int8_path_for(path) if int8 else None
     with int8_partial(int8_path) as tmp:
         if tmp:
-            from mobiletune.deploy.backends import tflite_backend
             from mobiletune.deploy.tflite import quantize
+            from mobiletune.predict.backends import tflite_backend
 
             progress(f"quantizing to int8 with ranges from up to {CALIB_IMAGES} training images")
-            tmp.write_bytes(quantize(path.read_bytes(), _calibration(train, pre)))
+            tmp.write_bytes(quantize(path.read_bytes(),
+                                     calibration_batches(train, pre, uint8=True)[0]))
             runners["int8"], sizes["int8"] = tflite_backend(tmp).run, os.path.getsize(tmp)
         progress(f"checking {fmt} in its runtime on {len(labels)} validation images")
         res = Outputs({k: _batched(r, crops) for k, r in runners.items()}, labels, crops[:1])

@@ -1,1 +1,2 @@
-"""How good a model is: metrics, plots and the HTML report, and the evaluate job."""
+"""How good a model is: metrics and calibration, the evaluate job with its plots and HTML
+report, and explain (which pixels a prediction rests on)."""

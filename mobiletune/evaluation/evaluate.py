@@ -13,15 +13,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mobiletune.data import read_splits
+from mobiletune.data.images import IMAGE_EXTENSIONS
+from mobiletune.data.scan import read_splits
+from mobiletune.data.walk import list_files
 from mobiletune.errors import DataError
 from mobiletune.evaluation.calibration import calibration_errors
+from mobiletune.evaluation.explain import overlay_fn
 from mobiletune.evaluation.metrics import classification_metrics
 from mobiletune.evaluation.report import write_evaluation
-from mobiletune.explain import overlay_fn
-from mobiletune.images import IMAGE_EXTENSIONS
-from mobiletune.runs import new_run_dir
-from mobiletune.walk import list_files
+from mobiletune.fileio import new_run_dir
+
 
 @dataclass
 class Evaluation:
@@ -71,7 +72,7 @@ def open_model(checkpoint: str | None) -> tuple[Any, list[str], Path, dict[str, 
     """(predictor, class names, run directory, report info) for any model `predict`
     takes: a run, a .pt checkpoint, or an export (its run: the folder above holding
     splits.csv, so `export-2/model.onnx` finds it too)."""
-    from mobiletune.predict import load
+    from mobiletune.predict.predictor import load
 
     predictor = load(checkpoint)
     info = predictor.info

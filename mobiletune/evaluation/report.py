@@ -136,7 +136,7 @@ def png_uri(path: str | os.PathLike) -> str:
 
 def thumbnail_uri(path: str | os.PathLike, size: int = 180) -> str | None:
     """A small JPEG of an image (EXIF-upright) as a data URI, or None when it cannot be read."""
-    from mobiletune.images import load_image
+    from mobiletune.data.images import load_image
 
     try:
         img = load_image(path, min_side=size)

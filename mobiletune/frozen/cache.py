@@ -20,18 +20,16 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from mobiletune.data import Sample
+from mobiletune.data.samples import Sample
 from mobiletune.fileio import write_text
-from mobiletune.frozen.store import Entries, PackStore
+from mobiletune.frozen.store import Entries, Job, PackStore
 
 CACHE_VERSION = 2  # 2: packed entries, content keys
 
-Job = tuple[str, str]  # (image path, "train" | "eval")
 
 
 def cache_root() -> Path:
@@ -63,8 +61,8 @@ def code_version() -> str:
     of the library versions that compute the numbers: any change there is a new cache."""
     import PIL
 
-    from mobiletune import images, transforms
-    from mobiletune.frozen.engine import Normalized  # the normalization runs in the engine
+    from mobiletune.data import images, transforms
+    from mobiletune.data.preprocess import Normalized
     from mobiletune.vision import torchvision
 
     try:
@@ -82,8 +80,8 @@ def code_version() -> str:
 class FeatureCache:
     """Frozen-prefix outputs on disk for one (prefix, preprocessing, view policy).
 
-    The store API: `key(path)`, `missing(jobs)`, `put(job, array)` + `flush()`, `fill(jobs,
-    engine)` (decode, run, put) and `entries(jobs)` for reading back.
+    The store API: `key(path)`, `missing(jobs)`, `put(job, array)` + `flush()` (what
+    frozen/fill.py calls) and `entries(jobs)` for reading back.
     """
 
     def __init__(self, root: Path, prefix_id: str, pre: dict, augment: str, views: int) -> None:
@@ -135,18 +133,6 @@ class FeatureCache:
         """The stored entries of `jobs`, in order (every one must exist)."""
         self.hash_all([p for p, _ in jobs])
         return self.store.entries([self.entry_key(j) for j in jobs])
-
-    def load(self, sample_path: str, kind: str) -> np.ndarray:
-        """One entry, [rows, *feature]."""
-        return self.entries([(sample_path, kind)]).block(0, 1)[0]
-
-    def fill(self, jobs: list[Job], engine: Callable[[torch.Tensor], torch.Tensor],
-             batch: int = 32, on_progress: Callable[[int, int], None] | None = None) -> int:
-        """Compute and store every missing (path, kind) entry with `engine` (uint8 NHWC pixels
-        in, see engine.Normalized); returns how many were made (frozen/fill.py)."""
-        from mobiletune.frozen.fill import fill
-
-        return fill(self, self.missing(jobs), lambda: engine, batch=batch, on_progress=on_progress)
 
 
 def jobs_for(train: list[Sample], val: list[Sample]) -> list[tuple[str, str]]:

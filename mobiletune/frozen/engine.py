@@ -9,13 +9,14 @@ PyTorch with channels_last is the fallback when export or ONNX Runtime fails.
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from mobiletune.data.preprocess import Normalized
+from mobiletune.onnxrt import onnx_bytes
 
 
 def module_digest(module: nn.Module, extra: str = "") -> str:
@@ -26,22 +27,6 @@ def module_digest(module: nn.Module, extra: str = "") -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:24]
-
-
-class Normalized(nn.Module):
-    """uint8 NHWC pixels in, `module` out: the weights' normalization (x / 255 - mean) / std
-    runs inside the engine, so decode threads hand over raw pixels and never run float
-    tensor code (which was 15x their cost in ToTensor + Normalize on a busy 2-core machine)."""
-
-    def __init__(self, module: nn.Module, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.module = module
-        sd = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * sd))
-        self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / sd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.permute(0, 3, 1, 2).float() * self.scale - self.shift)
 
 
 class TorchEngine:
@@ -72,10 +57,10 @@ class OrtEngine:
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, concurrent: bool = False) -> None:
-        """`concurrent`: run each call on the caller's thread alone (one intra-op thread), for
+    def __init__(self, onnx_path: Path | bytes, concurrent: bool = False) -> None:
+        """A file or the serialized model itself. `concurrent`: run each call on the caller's thread alone (one intra-op thread), for
         callers that call from one thread per core (frozen/fill.py); else use every core."""
-        from mobiletune.deploy.runtime import make_session
+        from mobiletune.onnxrt import make_session
 
         self.concurrent = concurrent
         self.session = make_session(onnx_path, 1 if concurrent else torch.get_num_threads())
@@ -87,29 +72,6 @@ class OrtEngine:
             a = a.astype(np.float32, copy=False)
         out = self.session.run(None, {self.input: a})[0]
         return torch.from_numpy(np.ascontiguousarray(out))
-
-
-OPSET = 17
-
-
-def onnx_bytes(module: nn.Module, size: int, output: str = "logits",
-               example: torch.Tensor | None = None) -> bytes:
-    """Serialized ONNX of `module` (eval), input N x 3 x size x size (N x size x size x 3
-    uint8 for a `Normalized` module, or shaped like `example`) with a dynamic batch.
-
-    The TorchScript-based exporter (dynamo=False) is deprecated, but takes 0.3 s where the
-    dynamo exporter takes 10 s here for the same, numerically identical graph.
-    """
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        x = example if example is not None else \
-            torch.zeros(1, size, size, 3, dtype=torch.uint8) if isinstance(module, Normalized) \
-            else torch.zeros(1, 3, size, size)
-        torch.onnx.export(module.eval(), (x,), buf, dynamo=False,
-                          opset_version=OPSET, input_names=["input"], output_names=[output],
-                          dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}})
-    return buf.getvalue()
 
 
 def export_onnx(module: nn.Module, path: Path, size: int,
@@ -128,19 +90,25 @@ def onnx_cache_path(module: nn.Module, cache_dir: Path, size: int) -> Path:
 
 def frozen_engine(module: nn.Module, device: torch.device, cache_dir: Path | None, size: int,
                   prefer: str = "auto", pixels: dict | None = None, concurrent: bool = False,
-                  example: torch.Tensor | None = None):
+                  example: torch.Tensor | None = None, keep: bool = True):
     """ONNX Runtime on CPU when it is available and exports cleanly; PyTorch otherwise.
+    The export is read from `cache_dir` when it is there; else made, and written there only
+    with `keep` (a cache fill keeps it; predict uses it from memory and writes nothing).
     With `pixels` (a preprocessing spec: mean, std) the engine takes uint8 NHWC images;
     `example` gives any other input shape (a `size` x `size` map of it keys the export);
     `concurrent` asks for one thread per call where the engine allows it (OrtEngine)."""
     if pixels is not None:
         module = Normalized(module, pixels["mean"], pixels["std"])
+        if example is None:  # the engine takes uint8 NHWC pixels
+            example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     if device.type != "cpu" or prefer == "pytorch" or cache_dir is None:
         return TorchEngine(module, device)
     try:
         path = onnx_cache_path(module, cache_dir, size)
-        if not path.is_file():
-            export_onnx(module, path, size, example)
-        return OrtEngine(path, concurrent)
+        if path.is_file():
+            return OrtEngine(path, concurrent)
+        if not keep:
+            return OrtEngine(onnx_bytes(module, size, "features", example), concurrent)
+        return OrtEngine(export_onnx(module, path, size, example), concurrent)
     except Exception:  # no onnxruntime, an op it lacks: PyTorch is slower but always works
         return TorchEngine(module, device)

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from mobiletune import dist
-from mobiletune.data import ImageDataset, Sample
-from mobiletune.transforms import decode_side, eval_transform, train_transform
+from mobiletune.config.schema import Config
+from mobiletune.data.samples import Sample
+from mobiletune.data.scan import ImageDataset
+from mobiletune.data.transforms import decode_side, eval_transform, train_transform
 
 
 def balanced_sampler(labels: list[int], seed: int) -> WeightedRandomSampler:
@@ -203,20 +206,39 @@ def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> No
     dist.agree(check)
 
 
-def _cached_feed(cfg, data, pre: dict, model, unfreeze: int, device, callbacks) -> CachedData:
+@dataclass(frozen=True)
+class FeedSpec:
+    """What a stage's batch source depends on, out of the whole config."""
+
+    arch: str
+    cache: bool  # data.cache: frozen outputs from the cache, else live images
+    augment: str
+    views: int  # augmented views cached per training image (1 without augmentation)
+    batch_size: int
+    balance: str
+    workers: int
+    finetune_depth: int  # blocks a later finetune stage unfreezes: where a head stage caches
+
+    @classmethod
+    def of(cls, cfg: Config) -> FeedSpec:
+        d = cfg.data
+        return cls(cfg.model.arch, d.cache, d.augment, 1 if d.augment == "none" else d.views,
+                   d.batch_size, d.balance, cfg.workers, cfg.finetune.unfreeze)
+
+
+def _cached_feed(spec: FeedSpec, data, pre: dict, model, unfreeze: int, device,
+                 callbacks) -> CachedData:
     from mobiletune.frozen.cache import FeatureCache, cache_root, jobs_for
     from mobiletune.frozen.engine import module_digest
-    from mobiletune.model import HeadPrefix, Tail, boundary
+    from mobiletune.model.backbone import HeadPrefix, Tail, boundary
 
     # The head stage of a run that will finetune caches at the finetune boundary, so the
     # images pass through the backbone once for both stages.
-    depth = unfreeze or cfg.finetune.unfreeze
+    depth = unfreeze or spec.finetune_depth
     k = boundary(model, depth)
     prefix = model.features[:k] if depth else HeadPrefix(model)
-    views = 1 if cfg.data.augment == "none" else cfg.data.views
-    root = cache_root()
-    store = FeatureCache(root, module_digest(prefix, f"{cfg.model.arch}|{k}"), pre,
-                         cfg.data.augment, views)
+    views, root = spec.views, cache_root()
+    store = FeatureCache(root, module_digest(prefix, f"{spec.arch}|{k}"), pre, spec.augment, views)
     train, val = data.of("train"), data.of("val")
     jobs = jobs_for(train, val)
     _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks)
@@ -228,14 +250,13 @@ def _cached_feed(cfg, data, pre: dict, model, unfreeze: int, device, callbacks) 
     else:
         tr, va = (e.load() if e.nbytes <= RAM_BYTES else e for e in (tr, va))
     return CachedData(tr, [s.label for s in train], va, [s.label for s in val],
-                      batch_size=cfg.data.batch_size, balance=cfg.data.balance,
-                      pin=device.type == "cuda")
+                      batch_size=spec.batch_size, balance=spec.balance, pin=device.type == "cuda")
 
 
-def make_feed(cfg, data, pre: dict, model, unfreeze: int, device, callbacks):
+def make_feed(spec: FeedSpec, data, pre: dict, model, unfreeze: int, device, callbacks):
     """The batch source for a stage: cached prefix outputs (data.cache), else live images."""
-    if cfg.data.cache:
-        return _cached_feed(cfg, data, pre, model, unfreeze, device, callbacks)
-    return LiveData(data.of("train"), data.of("val"), pre, augment=cfg.data.augment,
-                    batch_size=cfg.data.batch_size, workers=cfg.workers,
-                    balance=cfg.data.balance, pin=device.type == "cuda")
+    if spec.cache:
+        return _cached_feed(spec, data, pre, model, unfreeze, device, callbacks)
+    return LiveData(data.of("train"), data.of("val"), pre, augment=spec.augment,
+                    batch_size=spec.batch_size, workers=spec.workers, balance=spec.balance,
+                    pin=device.type == "cuda")

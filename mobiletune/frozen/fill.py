@@ -17,14 +17,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mobiletune.errors import DataError
-from mobiletune.frozen.store import release_free_memory
-from mobiletune.images import load_image
-from mobiletune.interrupts import INTERRUPT
+from mobiletune.data.images import load_image
+from mobiletune.data.transforms import decode_side, pixel_views
+from mobiletune.errors import INTERRUPT, DataError
+from mobiletune.frozen.store import Job, release_free_memory
 from mobiletune.parallel import Completed, calling, workers
-from mobiletune.transforms import decode_side, pixel_views
 
-Job = tuple[str, str]  # (image path, "train" | "eval")
 BATCH = 16  # views per engine call: as fast per view as 32 on one thread, half the tail
 
 

@@ -36,6 +36,8 @@ def _malloc_trim():
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         return None
 
+Job = tuple[str, str]  # (image path, "train" | "eval"): what one cache entry is made from
+
 
 def release_free_memory() -> None:
     """Give memory that decoder threads freed back to the OS. glibc keeps it in per-thread

@@ -16,10 +16,14 @@ from typing import Any, Collection
 
 import yaml
 
+from mobiletune.config.schema import (
+    NUM_BLOCKS,
+    SECTIONS,
+    Config,
+    all_keys,
+)
 from mobiletune.errors import ConfigError
-# the schema's names are part of this module's interface (Config, ARCHS, ...)
-from mobiletune.schema import (ARCHS, NUM_BLOCKS, SECTIONS, Config, DataConfig,  # noqa: F401
-                               FinetuneConfig, ModelConfig, TrainConfig, all_keys)
+
 
 def _suggest(full: str) -> str:
     """' Did you mean ...?' for a mistyped dotted key, or '' when nothing is close."""

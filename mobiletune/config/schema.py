@@ -12,7 +12,7 @@ from typing import Any
 
 ARCHS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-EXPORT_FORMATS = ("onnx", "torchscript", "tflite", "coreml")  # deploy.export.FILE_NAMES
+EXPORT_FORMATS = ("onnx", "torchscript", "tflite", "coreml")  # deploy.formats.FILE_NAMES
 # len(model.features) per arch: the range of `finetune.unfreeze`.
 NUM_BLOCKS = {"mobilenet_v2": 19, "mobilenet_v3_small": 13, "mobilenet_v3_large": 17}
 

@@ -15,10 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mobiletune.schema import ARCHS
+from mobiletune.config.schema import ARCHS
 from mobiletune.errors import CheckpointError
-from mobiletune.fileio import atomic_write
-from mobiletune.runs import find_run
+from mobiletune.fileio import atomic_write, find_run
 
 FORMAT_VERSION = 1
 REQUIRED = ("format_version", "arch", "class_names", "stage", "unfrozen_blocks", "epoch",
@@ -79,7 +78,7 @@ def load_checkpoint(arg: str | os.PathLike | None, name: str = "best.pt") -> dic
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the plain torchvision model of a checkpoint, in eval mode."""
-    from mobiletune.model import build_model
+    from mobiletune.model.backbone import build_model
 
     section = ckpt["config"].get("model")
     dropout = section.get("dropout", 0.2) if isinstance(section, dict) else 0.2

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from mobiletune import dist
-from mobiletune.checkpoint import load_checkpoint, save_checkpoint
-from mobiletune.data import Sample
+from mobiletune.data.samples import Sample
 from mobiletune.errors import CheckpointError
 from mobiletune.evaluation.calibration import calibration_errors, fit_temperature
 from mobiletune.evaluation.metrics import wilson_interval
-from mobiletune.model import split
-from mobiletune.stage import StageData, StageSpec, val_logits
+from mobiletune.model.backbone import split
+from mobiletune.model.checkpoint import load_checkpoint
+from mobiletune.training.stage import StageData, StageSpec, val_logits
 
 
 def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
@@ -61,8 +61,8 @@ def score_live(model: nn.Module, class_names: list[str], pre: dict, samples: lis
                unfrozen: int = 0) -> dict[str, Any]:
     """Score `model` on `samples` exactly as `evaluate` does on the run's val split (the
     same backend, split where the checkpoint says its trained blocks start)."""
-    from mobiletune.deploy.backends import torch_backend
-    from mobiletune.predict import Predictor
+    from mobiletune.predict.backends import torch_backend
+    from mobiletune.predict.predictor import Predictor
 
     predictor = Predictor(torch_backend(model.eval(), class_names, pre, {}, unfrozen))
     probs, _ = predictor.predict_probs([s.path for s in samples], batch_size)
@@ -86,12 +86,11 @@ def _parent_val_acc(run) -> float | None:
 
 
 def finish_run(run, spec: StageSpec, feed: StageData, device, callbacks) -> None:
-    """After a run's last stage (`run`: train.Run): calibrate the model best.pt holds, score
-    it live, and make that best.pt's one number."""
-    best = run.dir / "best.pt"
-    if not dist.is_main() or not best.is_file():  # one writer: rank 0
+    """After a run's last stage (`run`: runstate.Run): calibrate its best checkpoint, score
+    it live, and make that the run's best (written once, as best.pt, by the caller)."""
+    ckpt = run.best_checkpoint() if dist.is_main() else None  # one writer: rank 0
+    if ckpt is None:
         return
-    ckpt = torch.load(best, map_location="cpu", weights_only=True)
     callbacks.on_message("scoring the selected model on the val images")
     model = copy.deepcopy(run.model)  # last.pt keeps the last epoch's weights
     model.load_state_dict(ckpt["model"])
@@ -99,12 +98,12 @@ def finish_run(run, spec: StageSpec, feed: StageData, device, callbacks) -> None
     model.cpu()  # scored as predict and evaluate score it
     scores = score_live(model, list(run.data.classes), run.pre, run.data.of("val"), t,
                         unfrozen=int(ckpt.get("unfrozen_blocks") or 0))
-    ckpt["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt["temperature"] = t
-    ckpt["metrics"] = {**ckpt["metrics"], **scores, "temperature": t, "scored": "live"}
+    ckpt = {**ckpt, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "temperature": t,
+            "metrics": {**ckpt["metrics"], **scores, "temperature": t, "scored": "live"}}
     if spec.unfreeze:
         ckpt["metrics"]["parent_val_acc"] = _parent_val_acc(run)
-    save_checkpoint(best, ckpt)
+    run.set_best(ckpt)
     lo, hi = scores["accuracy_ci95"]
     run.log(f"final: {ckpt['stage']} epoch {ckpt['epoch']} scored on {scores['n_val']} val "
             f"images: val_acc {scores['val_acc']:.4f} (95% CI {lo:.3f}-{hi:.3f}) val_loss "

@@ -11,46 +11,13 @@ from __future__ import annotations
 import csv
 import os
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mobiletune.data.images import load_image
+from mobiletune.data.samples import Sample, ScanResult, split_paths
+from mobiletune.data.walk import find_images
 from mobiletune.errors import DataError
-from mobiletune.images import load_image
-from mobiletune.walk import find_images
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One usable image: absolute path, class index, and `train` or `val`."""
-
-    path: str
-    label: int
-    split: str
-
-
-@dataclass
-class ScanResult:
-    """What a data folder holds: class names, usable samples, skipped files, warnings."""
-
-    classes: list[str]
-    samples: list[Sample]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def of(self, split: str) -> list[Sample]:
-        return [s for s in self.samples if s.split == split]
-
-
-def split_paths(paths: list[str], fraction: float, rng: random.Random
-                ) -> tuple[list[str], list[str]]:
-    """(train, val) of one class's paths: `fraction` of them to val (at least 1 when there
-    are 2 or more), order drawn from `rng`."""
-    shuffled = sorted(paths)
-    rng.shuffle(shuffled)
-    n_val = round(len(shuffled) * fraction) if len(shuffled) > 1 else 0
-    n_val = min(max(n_val, 1 if len(shuffled) > 1 else 0), len(shuffled) - 1)
-    return shuffled[n_val:], shuffled[:n_val]
 
 
 def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
@@ -61,7 +28,7 @@ def scan(root: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
     `on_progress(done, total)` follows the probing. With `labels`, the images a labels CSV
     lists instead (`mobiletune.labels`)."""
     if labels:
-        from mobiletune.labels import scan_labels
+        from mobiletune.data.labels import scan_labels
 
         return scan_labels(labels, val_split, seed, on_progress)
     root = Path(root)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mobiletune.data import Sample, ScanResult, split_paths
+from mobiletune.data.samples import Sample, ScanResult, split_paths
+from mobiletune.data.walk import probe_files
 from mobiletune.errors import DataError
-from mobiletune.walk import probe_files
 
 COLUMNS = ("path", "label", "split")
 SPLITS = ("train", "val")

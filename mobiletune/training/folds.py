@@ -15,12 +15,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-from mobiletune.config import Config, dump_yaml
-from mobiletune.data import Sample, ScanResult
+from mobiletune.config.load import dump_yaml
+from mobiletune.config.schema import Config
+from mobiletune.data.samples import Sample, ScanResult
 from mobiletune.errors import ConfigError
 from mobiletune.evaluation.metrics import wilson_interval
-from mobiletune.fileio import write_csv, write_text
-from mobiletune.runs import new_run_dir
+from mobiletune.fileio import new_run_dir, write_csv, write_text
 
 FOLDS_HEADER = ["fold", "n_train", "n_val", "accuracy", "val_loss"]
 
@@ -65,8 +65,8 @@ def fold_data(data: ScanResult, folds: list[int], i: int) -> ScanResult:
 
 def train_folds(cfg: Config, k: int, callbacks=None) -> Path:
     """Train K fold runs under one new run directory; write folds.csv and folds.json."""
-    from mobiletune import train as pipeline
-    from mobiletune.checkpoint import load_checkpoint
+    from mobiletune.model.checkpoint import load_checkpoint
+    from mobiletune.training import run as pipeline
 
     data = pipeline.scan_config(cfg)
     check_folds(data, k)

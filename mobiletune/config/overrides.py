@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mobiletune.config import Config, config_from_dict
+from mobiletune.config.load import config_from_dict
+from mobiletune.config.schema import Config
 from mobiletune.errors import ConfigError
 
 # what may change when a run resumes: where it runs, not what it computes

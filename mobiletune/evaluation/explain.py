@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mobiletune.deploy.runtime import center_box, normalize, resize_short
+from mobiletune.data.images import load_image
+from mobiletune.data.preprocess import center_box, normalize, resize_short
 from mobiletune.errors import CheckpointError, ConfigError
-from mobiletune.images import load_image
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = None
@@ -92,7 +92,7 @@ class Explainer:
     @classmethod
     def from_checkpoint(cls, arg: str | os.PathLike | None) -> "Explainer":
         """From a run directory or a `.pt` checkpoint (gradients need the PyTorch model)."""
-        from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
+        from mobiletune.model.checkpoint import load_checkpoint, model_from_checkpoint
 
         if arg is not None and str(arg).lower().endswith((".onnx", ".tflite")):
             raise CheckpointError(f"explain needs the PyTorch checkpoint, not the export {arg}; "
@@ -112,7 +112,7 @@ class Explainer:
 
     def explain_one(self, item, target: int | None = None) -> Explanation:
         """Explain one path or PIL image; an unreadable input gives an Explanation with `error`."""
-        from mobiletune.predict import input_error
+        from mobiletune.predict.predictor import input_error
 
         path = str(item) if isinstance(item, (str, os.PathLike)) else None
         try:

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobiletune import dist
-from mobiletune.interrupts import INTERRUPT
-from mobiletune.model import configure_stage, param_groups, split, stage_rows
-
+from mobiletune.errors import INTERRUPT
+from mobiletune.model.backbone import configure_stage, param_groups, split, stage_rows
 
 # The auto rule (epochs unset): constant lr, stop after `patience` epochs without a val-loss
 # gain, at most `cap` epochs. Measured by benchmarks/sweep_epochs.py (seeds 0-4, hymenoptera

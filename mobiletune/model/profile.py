@@ -10,15 +10,13 @@ of 1/n_c' + 1/f^2 (Howard et al., 2017).
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from mobiletune.model import build_model
+from mobiletune.model.backbone import build_model
+from mobiletune.onnxrt import time_ms
 from mobiletune.vision import ops
 
 # (parameters, multiply-adds) at 224 px with the 1000-class head, as published:
@@ -179,29 +177,10 @@ def profile_arch(arch: str, image_size: int = 224, num_classes: int = 1000) -> d
             "published": dict(params=pub[0], macs=pub[1]) if pub else None, **out}
 
 
-def time_ms(fn: Callable[[], object], min_runs: int = 3, budget_s: float = 1.0,
-            warmup: int = 1) -> float:
-    """Median wall time of `fn()` in milliseconds, after `warmup` untimed calls.
-
-    Runs at least `min_runs` times and keeps going until `budget_s` is spent, so fast
-    calls get many samples and slow ones few.
-    """
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < budget_s:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
-
-
 def measure_latency(model: nn.Module, image_size: int, batches: tuple[int, ...] = (1, 32),
                     budget_s: float = 1.0) -> dict[str, dict[int, float]]:
     """Median milliseconds per batch in PyTorch (eager) and ONNX Runtime on this machine."""
-    from mobiletune.frozen.engine import onnx_bytes
-    from mobiletune.deploy.runtime import make_session
+    from mobiletune.onnxrt import make_session, onnx_bytes
 
     torch.set_flush_denormal(True)  # random-init weights otherwise hit slow denormal paths
     model.eval()

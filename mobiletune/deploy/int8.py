@@ -7,101 +7,20 @@ maps a normalized float32 NCHW batch to logits; `deploy.backends` opens it for p
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from mobiletune.errors import CheckpointError
+from mobiletune.deploy.parity import Outputs
+from mobiletune.errors import MobiletuneError
 from mobiletune.fileio import atomic_write
-
-META_KEYS = ("class_names", "resize", "crop", "mean", "std")
-
-
-def make_session(model: str | Path | bytes, threads: int | None = None):
-    """An ONNX Runtime CPU session for a file path or serialized model bytes."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    # Flush denormals: random or near-zero weights otherwise take slow paths on x86.
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-    # Idle ORT threads otherwise spin after each run and starve PyTorch's OpenMP threads
-    # in the same process (export and profile time both): measured 10x slower PyTorch.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3  # keep ORT's warnings off the user's terminal
-    if threads:
-        opts.intra_op_num_threads = threads
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for large logits."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def parse_metadata(props: dict[str, str], source: str) -> tuple[list[str], dict]:
-    """(class_names, preprocess spec) from an exported file's metadata strings."""
-    missing = [k for k in META_KEYS if k not in props]
-    if missing:
-        raise CheckpointError(
-            f"{source} lacks the metadata mobiletune needs ({', '.join(missing)}): it was not "
-            "written by `mobiletune export`. Export the run again with `mobiletune export`.")
-    try:
-        names = json.loads(props["class_names"])
-        spec = {"resize": int(props["resize"]), "crop": int(props["crop"]),
-                "mean": [float(v) for v in json.loads(props["mean"])],
-                "std": [float(v) for v in json.loads(props["std"])]}
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{source} has malformed mobiletune metadata ({e}); export the "
-                              "run again with `mobiletune export`.") from None
-    return [str(n) for n in names], spec
-
-
-def resize_short(image, resize: int):
-    """RGB PIL image with its short side `resize`, as torchvision's Resize(int) makes it."""
-    from PIL import Image
-
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_long = int(resize * long / short)  # torchvision truncates, not rounds
-    size = (resize, new_long) if w <= h else (new_long, resize)
-    return image.convert("RGB").resize(size, Image.BILINEAR)
-
-
-def center_box(size: tuple[int, int], crop: int) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of torchvision's CenterCrop(crop) in an image of `size`."""
-    w, h = size
-    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
-    if top < 0 or left < 0:
-        raise ValueError(f"image {w}x{h} is smaller than crop {crop}")
-    return left, top, left + crop, top + crop
-
-
-def crop_uint8(image, spec: dict) -> np.ndarray:
-    """HWC uint8 center crop of one PIL image, as torchvision's Resize(resize) +
-    CenterCrop(crop) compute it: what every exported model and every backend starts from."""
-    image = resize_short(image, spec["resize"])
-    return np.asarray(image.crop(center_box(image.size, spec["crop"])), dtype=np.uint8)
-
-
-def normalize(crops: np.ndarray, spec: dict) -> np.ndarray:
-    """NCHW float32 for a uint8 NHWC batch: ToTensor + Normalize(mean, std)."""
-    mean = np.asarray(spec["mean"], dtype=np.float32)
-    std = np.asarray(spec["std"], dtype=np.float32)
-    x = (crops.astype(np.float32) / 255.0 - mean) / std
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def preprocess_image(image, spec: dict) -> np.ndarray:
-    """CHW float32 for one PIL image, equal to the eval transform, with no torch."""
-    return normalize(crop_uint8(image, spec)[None], spec)[0]
+from mobiletune.onnxrt import make_session
 
 
 class _Reader:
@@ -184,3 +103,40 @@ def quantize_int8(float_path: str | Path, out_path: str | Path, batches: list[np
         onnx.helper.set_model_props(proto, {**meta, "int8_float_blocks": str(k)})
         data = proto.SerializeToString()
     return Int8Result(atomic_write(out_path, lambda f: f.write(data)), k, (ref, acc))
+
+
+def int8_path_for(path: Path) -> Path:
+    """Where the int8 model goes: beside the float one, `model.onnx` -> `model.int8.onnx`."""
+    return path.with_name(f"{path.stem}.int8{path.suffix or '.onnx'}")
+
+
+@contextlib.contextmanager
+def int8_partial(final: Path | None) -> Iterator[Path | None]:
+    """The temporary name an int8 model is written to before `keep_int8` renames it to
+    `final`; removed on the way out, so a refused or interrupted export leaves no half-made
+    file. None when no int8 model is asked for."""
+    tmp = final.with_name(f".{final.name}.partial") if final else None
+    try:
+        yield tmp
+    finally:
+        if tmp:
+            tmp.unlink(missing_ok=True)
+
+
+def keep_int8(out: Outputs, fmt: str, max_drop: float, path: Path, tmp: Path,
+              final: Path) -> None:
+    """Rename the int8 model at `tmp` to `final`, or refuse it (exit 2) when its val accuracy
+    drops more than `max_drop` below the float export's."""
+    check_int8(out, fmt, max_drop, path, final)
+    os.replace(tmp, final)
+
+
+def check_int8(out: Outputs, fmt: str, max_drop: float, path: Path, final: Path) -> None:
+    drop = out.accuracy(fmt) - out.accuracy("int8")
+    if drop > max_drop:
+        stale = f" The {final.name} there is from an earlier export." if final.exists() else ""
+        raise MobiletuneError(
+            f"int8 accuracy {out.accuracy('int8'):.4f} is {drop:.4f} below the float model's "
+            f"{out.accuracy(fmt):.4f} on {len(out.labels)} validation images, more than "
+            f"--max-drop {max_drop}; the int8 model was not kept.{stale} The float export "
+            f"{path} is fine: ship it, or allow a larger drop with --max-drop.")

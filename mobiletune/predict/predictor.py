@@ -5,7 +5,7 @@
     for r in model.predict(["a.jpg", "b.jpg"]):   # paths or PIL images
         print(r.label, r.score, r.probs)          # probs: class name -> probability
 
-Every format decodes and crops the same way (`runtime.crop_uint8`), so a file predicts the
+Every format decodes and crops the same way (`data/preprocess.crop_uint8`), so a file predicts the
 same label whichever export runs it.
 """
 
@@ -21,11 +21,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from mobiletune.deploy.backends import Backend, open_backend
-from mobiletune.deploy.runtime import crop_uint8
+from mobiletune.data.images import load_image
+from mobiletune.data.preprocess import crop_uint8
+from mobiletune.data.walk import images_under
 from mobiletune.errors import DataError
-from mobiletune.images import IMAGE_EXTENSIONS, load_image
 from mobiletune.parallel import Completed, calling, workers
+from mobiletune.predict.backends import Backend, open_backend
 
 
 @dataclass
@@ -61,8 +62,7 @@ def expand_inputs(items: Iterable[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.is_file()
-                          and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
+            out += images_under(p)
         elif not p.exists() and glob.has_magic(item):
             out += sorted(glob.glob(item, recursive=True)) or [item]
         else:

@@ -1,7 +1,7 @@
 """Open any model mobiletune writes, as one thing: class names, preprocessing, and a function
 from a uint8 NHWC batch of center crops to class probabilities.
 
-Every format shares the same decoding and crop (`runtime.crop_uint8`); float models normalize
+Every format shares the same decoding and crop (`data/preprocess.crop_uint8`); float models normalize
 the crop here, exports made with a uint8 input (TFLite, `onnx --uint8-input`) do it inside.
 """
 
@@ -16,13 +16,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mobiletune.data.preprocess import normalize
 from mobiletune.errors import CheckpointError
-from mobiletune.deploy.runtime import META_KEYS, make_session, normalize, parse_metadata, softmax
+from mobiletune.onnxrt import META_KEYS, make_session, parse_metadata, softmax
 
 Run = Callable[[np.ndarray], np.ndarray]  # uint8 NHWC crops -> probabilities (N, classes)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Backend:
     """A loaded model: what `Predictor` needs, whatever the file format."""
 
@@ -35,9 +36,14 @@ class Backend:
     # its engine by it)
     prepare: Callable[[int], None] = lambda _n: None
     module: Any = None  # the PyTorch model, for a checkpoint (explain needs its gradients)
-    # `run` may be called from one thread per core at once, each call using one core
-    # (mobiletune/parallel.py); else calls come one at a time
-    concurrent: bool = False
+    # whether `run` may be called from one thread per core at once, each call using one core
+    # (mobiletune/parallel.py); else calls come one at a time. The PyTorch backend knows
+    # only once `prepare` has picked its engine, so this is asked, not stored.
+    is_concurrent: Callable[[], bool] = lambda: False
+
+    @property
+    def concurrent(self) -> bool:
+        return self.is_concurrent()
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:
@@ -73,15 +79,14 @@ def torch_backend(model, class_names: list[str], pre: dict, info: dict,
     def prepare(n: int) -> None:
         if not engine:
             engine.append(_engine_for(model, pre, n, unfrozen))
-            backend.concurrent = bool(getattr(engine[0], "concurrent", False))
 
     def run(crops: np.ndarray) -> np.ndarray:
         prepare(len(crops))
         with torch.inference_mode():
             return softmax(engine[0](torch.from_numpy(np.ascontiguousarray(crops))).float().numpy())
 
-    backend = Backend(run, list(class_names), pre, "pytorch", info, prepare, model)
-    return backend
+    return Backend(run, list(class_names), pre, "pytorch", info, prepare, model,
+                   lambda: bool(engine and getattr(engine[0], "concurrent", False)))
 
 
 # Exporting to ONNX Runtime costs a few seconds once, then runs 3x faster on CPU: worth it
@@ -92,14 +97,15 @@ ORT_FROM = 64
 def _engine_for(model, pre: dict, n: int, unfrozen: int = 0):
     """uint8 NHWC crops -> logits, the fast way for `n` images. The part training left
     frozen (model.split at `unfrozen`: HeadPrefix for a head-only run, features[:k] for a
-    fine-tuned one) runs in ONNX Runtime, exported once and cached by its weights; it is the
-    very file the run's cache fill exported, so scoring a run exports nothing. The trained
+    fine-tuned one) runs in ONNX Runtime: the very file the run's cache fill exported, so
+    scoring a run exports nothing; without it, an export made in memory. The trained
     tail runs in PyTorch. For a few images with nothing cached, all of it runs in PyTorch."""
     import torch
 
+    from mobiletune.data.preprocess import Normalized
     from mobiletune.frozen.cache import cache_root
-    from mobiletune.frozen.engine import Normalized, TorchEngine, frozen_engine, onnx_cache_path
-    from mobiletune.model import split
+    from mobiletune.frozen.engine import TorchEngine, frozen_engine, onnx_cache_path
+    from mobiletune.model.backbone import split
 
     cpu, root, size = torch.device("cpu"), cache_root(), pre["crop"]
     prefix, tail = split(model, unfrozen)
@@ -108,7 +114,9 @@ def _engine_for(model, pre: dict, n: int, unfrozen: int = 0):
         return onnx_cache_path(Normalized(prefix, pre["mean"], pre["std"]), root, size).is_file()
 
     if len(list(prefix.parameters())) and (n >= ORT_FROM or cached()):
-        features = frozen_engine(prefix.eval(), cpu, root, size, pixels=pre, concurrent=True)
+        # the run's own export when its cache has it; never a new file in the training cache
+        features = frozen_engine(prefix.eval(), cpu, root, size, pixels=pre, concurrent=True,
+                                 keep=False)
         return _TailOn(features, tail.eval())
     return TorchEngine(Normalized(model, pre["mean"], pre["std"]), cpu)
 
@@ -180,7 +188,7 @@ def onnx_backend(path: Path, threads: int | None = None) -> Backend:
 def tflite_backend(path: Path, threads: int | None = None) -> Backend:
     """An exported .tflite file run by ai-edge-litert (extra `mobiletune[tflite]`); class
     names and preprocessing come from the file's own metadata."""
-    from mobiletune.deploy import tflite
+    from mobiletune.predict import litert as tflite
 
     tflite.need("Running a .tflite file")
     names, pre = parse_metadata(tflite.read_metadata(path), str(path))
@@ -206,7 +214,7 @@ def open_backend(arg: str | os.PathLike | None) -> Backend:
             return tflite_backend(p)
         if is_torchscript(p):
             return torchscript_backend(p)
-    from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
+    from mobiletune.model.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(p)
     info = {"checkpoint": ckpt["path"], "arch": ckpt["arch"], "stage": ckpt["stage"],

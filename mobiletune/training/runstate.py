@@ -20,12 +20,16 @@ import torch
 from torch import nn
 
 from mobiletune import dist
-from mobiletune.checkpoint import FORMAT_VERSION, save_checkpoint
-from mobiletune.config import Config
-from mobiletune.data import ScanResult
-from mobiletune.fileio import write_csv
-from mobiletune.runs import update_latest
-from mobiletune.stage import METRICS_HEADER, StageSpec, StageState, state_to_dict
+from mobiletune.config.schema import Config
+from mobiletune.data.samples import ScanResult
+from mobiletune.fileio import update_latest, write_csv
+from mobiletune.model.checkpoint import FORMAT_VERSION, save_checkpoint
+from mobiletune.training.stage import (
+    METRICS_HEADER,
+    StageSpec,
+    StageState,
+    state_to_dict,
+)
 
 # Longest stretch of epochs whose checkpoints exist only in memory (lost only to SIGKILL or
 # a power cut; Ctrl-C, SIGTERM and errors write them). Measured on hymenoptera: the two
@@ -50,6 +54,8 @@ class Run:
     started: bool = False  # an epoch finished here: the run is kept and `latest` points at it
     # checkpoints of the latest epochs, not yet on disk: {"best.pt": ckpt, "last.pt": ckpt}
     pending: dict = dataclasses.field(default_factory=dict)
+    # the run's best checkpoint so far (rank 0), what best.pt holds or is about to hold
+    best: dict | None = None
     flushed_at: float = dataclasses.field(default_factory=time.monotonic)
 
     def log(self, text: str) -> None:
@@ -83,7 +89,7 @@ class Run:
             return
         moving = _moving_keys(self.model)
         if is_best:
-            self.pending["best.pt"] = _snapshot(self.checkpoint(resume=False), moving)
+            self.best = self.pending["best.pt"] = _snapshot(self.checkpoint(resume=False), moving)
         self.pending["last.pt"] = _snapshot(self.checkpoint(resume=True), moving)
         r = state.history[-1]
         self.log(f"{r.stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc "
@@ -99,14 +105,36 @@ class Run:
         if dist.is_main():
             save_checkpoint(self.dir / "last.pt", self.checkpoint(resume=True))
 
-    def flush(self) -> None:
-        """Write the pending checkpoints and metrics.csv (all of the same epoch)."""
+    def best_checkpoint(self) -> dict | None:
+        """The best checkpoint so far, from memory; from best.pt only for a resumed run whose
+        best epoch came before the resume."""
+        if self.best is None and (self.dir / "best.pt").is_file():
+            self.best = torch.load(self.dir / "best.pt", map_location="cpu", weights_only=True)
+        return self.best
+
+    def keep_best(self) -> dict | None:
+        """The best checkpoint, copied whole: the next stage trains tensors that a snapshot
+        shares with the model because they were frozen when it was taken."""
+        best = self.best_checkpoint()
+        if best is not None:
+            self.best = {**best, "model": {k: v.clone() for k, v in best["model"].items()}}
+            if "best.pt" in self.pending:
+                self.pending["best.pt"] = self.best
+        return self.best
+
+    def set_best(self, ckpt: dict) -> None:
+        """Replace the best checkpoint (the finished, calibrated one); written by `flush`."""
+        self.best = self.pending["best.pt"] = ckpt
+
+    def flush(self, hold_best: bool = False) -> None:
+        """Write the pending checkpoints and metrics.csv (all of the same epoch); with
+        `hold_best`, best.pt waits (the run's end finishes it first, then writes it once)."""
         if not dist.is_main() or (not self.pending and not self.history):
             return  # one writer: rank 0
         write_csv(self.dir / "metrics.csv", METRICS_HEADER, [r.row() for r in self.history])
         # best.pt first: an interrupt between the two leaves last.pt one epoch behind, and
         # resuming redoes that epoch (and rewrites best.pt); the other order loses best.pt
-        for name in ("best.pt", "last.pt"):
+        for name in ("last.pt",) if hold_best else ("best.pt", "last.pt"):
             if name in self.pending:
                 save_checkpoint(self.dir / name, self.pending[name])
                 del self.pending[name]  # only once written: an interrupt retries it

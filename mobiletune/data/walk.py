@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mobiletune.images import probe
+from mobiletune.data.images import IMAGE_EXTENSIONS, probe
 
 
 def _within(path: str, folder: str) -> bool:
@@ -63,6 +63,14 @@ def _walk(folder: Path, scanned: list[str], seen: set[str],
             else:
                 out.append(p)
     return sorted(out)
+
+
+def images_under(folder: str | os.PathLike) -> list[str]:
+    """Image files (by extension, hidden ones left out) anywhere under `folder`, sorted, by
+    the same walk as a data root: symlinks followed, never around a loop or twice."""
+    found = _walk(Path(folder), [], set(), [])
+    return [str(f) for f in found
+            if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")]
 
 
 def _check(f: Path) -> str | None:

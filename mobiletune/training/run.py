@@ -16,21 +16,38 @@ import torch
 from torch import nn
 
 from mobiletune import dist
-from mobiletune.checkpoint import load_checkpoint, model_from_checkpoint
-from mobiletune.config import Config, config_from_dict, dump_yaml
-from mobiletune.data import ScanResult, read_splits, scan
+from mobiletune.config.load import config_from_dict, dump_yaml
+from mobiletune.config.overrides import (
+    refuse_unhonoured_finetune,
+    refuse_unhonoured_resume,
+)
+from mobiletune.config.schema import DEVICES, Config
+from mobiletune.data.samples import ScanResult
+from mobiletune.data.scan import read_splits, scan
 from mobiletune.errors import CheckpointError, ConfigError, TrainingInterrupted
-from mobiletune.finish import finish_run, fold_temperature
-from mobiletune.frozen.feeds import class_weights, make_feed
-from mobiletune.overrides import refuse_unhonoured_finetune, refuse_unhonoured_resume
-from mobiletune.model import (boundary, build_model, preprocess_spec, rescale_preprocess,
-                              set_dropout)
-from mobiletune.fileio import write_csv, write_text
-from mobiletune.runs import new_run_dir, update_latest
-from mobiletune.runstate import Run
-from mobiletune.schema import DEVICES
-from mobiletune.stage import (AUTO_FINETUNE, AUTO_HEAD, AUTO_SCHEDULE, Callbacks, StageSpec,
-                              StageState, fit_stage, stage_threads, state_from_dict)
+from mobiletune.fileio import new_run_dir, update_latest, write_csv, write_text
+from mobiletune.frozen.feeds import FeedSpec, class_weights, make_feed
+from mobiletune.model.backbone import (
+    boundary,
+    build_model,
+    preprocess_spec,
+    rescale_preprocess,
+    set_dropout,
+)
+from mobiletune.model.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiletune.training.finish import finish_run, fold_temperature
+from mobiletune.training.runstate import Run
+from mobiletune.training.stage import (
+    AUTO_FINETUNE,
+    AUTO_HEAD,
+    AUTO_SCHEDULE,
+    Callbacks,
+    StageSpec,
+    StageState,
+    fit_stage,
+    stage_threads,
+    state_from_dict,
+)
 
 
 def pick_device(name: str) -> torch.device:
@@ -131,7 +148,8 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
     try:
         while run.stage_index < len(run.stages):
             spec = run.stages[run.stage_index]
-            feed = make_feed(run.cfg, run.data, run.pre, run.model, spec.unfreeze, device, callbacks)
+            feed = make_feed(FeedSpec.of(run.cfg), run.data, run.pre, run.model, spec.unfreeze,
+                             device, callbacks)
             train_labels = [s.label for s in run.data.of("train")]
             weights = class_weights(train_labels, len(run.data.classes)) \
                 if run.cfg.data.balance == "weights" else None
@@ -139,16 +157,18 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
                 state = fit_stage(run.model, spec, feed, seed=run.cfg.seed, device=device,
                                   state=run.state, save=run.save, callbacks=callbacks,
                                   class_weights=weights)
-            run.flush()  # best.pt on disk (read below), last.pt in case of an interrupt there
-            if run.stage_index == len(run.stages) - 1:
+            final = run.stage_index == len(run.stages) - 1
+            run.flush(hold_best=final)  # last.pt in case of an interrupt; best.pt once final
+            if final:
                 curves = _curves_meanwhile(run, callbacks)  # metrics.csv is final now
                 try:
                     finish_run(run, spec, feed, device, callbacks)
                 finally:
                     if curves:
                         curves.join()
+                run.flush()  # the finished best.pt, written once
             else:  # the next stage starts from this one's best, not its last epoch
-                run.model.load_state_dict(dist.on_main(lambda: _best_state(run)))
+                run.model.load_state_dict(dist.on_main(lambda: run.keep_best()["model"]))
             run.stage_index += 1
             # the next stage starts from the run's best score, so best.pt stays the best
             run.state = StageState(best=state.best)
@@ -163,10 +183,6 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
         raise
     run.log("done")
     return run.dir
-
-
-def _best_state(run: Run) -> dict:
-    return torch.load(run.dir / "best.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def _curves_meanwhile(run: Run, callbacks: Callbacks) -> threading.Thread | None:
@@ -210,8 +226,8 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
     """A new run that continues `source` (run dir, checkpoint, or runs/latest) with the
     last N blocks unfrozen. `cfg_changes` maps dotted keys to overrides; one that finetune
     cannot act on (the head stage's epochs and lr, other weights, another split) is refused."""
-    from mobiletune.config import apply_overrides, absolutize
-    from mobiletune.schema import NUM_BLOCKS
+    from mobiletune.config.load import absolutize, apply_overrides
+    from mobiletune.config.schema import NUM_BLOCKS
 
     callbacks = callbacks or Callbacks()
     parent = load_checkpoint(source)
@@ -257,7 +273,7 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None,
            changes: dict[str, Any] | None = None) -> Path:
     """Continue an interrupted run from its last.pt, in the same directory. `changes` may
     set only device and data.workers; any other override is refused."""
-    from mobiletune.config import apply_overrides
+    from mobiletune.config.load import apply_overrides
 
     callbacks, changes = callbacks or Callbacks(), dict(changes or {})
     refuse_unhonoured_resume(changes, run_dir)
@@ -277,7 +293,7 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None,
                               "folders to resume, or start a new run.")
     model = model_from_checkpoint(ckpt)
     r = ckpt["resume"]
-    from mobiletune.stage import EpochResult
+    from mobiletune.training.stage import EpochResult
 
     run = Run(Path(ckpt["path"]).parent, cfg, data, model, ckpt["preprocess"],
               [StageSpec(**s) for s in r["stages"]], [EpochResult(**h) for h in r["history"]],

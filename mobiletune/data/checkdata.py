@@ -18,9 +18,9 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageOps
 
+from mobiletune.data.images import IMAGE_EXTENSIONS
+from mobiletune.data.walk import list_files
 from mobiletune.errors import DataError
-from mobiletune.images import IMAGE_EXTENSIONS
-from mobiletune.walk import list_files
 
 _N = 32  # pHash works on a 32x32 greyscale thumbnail and keeps the 8x8 lowest frequencies
 _K = np.arange(_N)
@@ -154,7 +154,7 @@ def _collect(root: Path) -> tuple[str, list[ImageInfo], list[tuple[str, str]], d
 def _collect_csv(path: Path) -> tuple[str, list[ImageInfo], list[tuple[str, str]], dict]:
     """`_collect` for a labels CSV (`data.labels`): its usable rows, split as the file says
     when every row says (else all together, as a flat folder); its bad rows are ignored."""
-    from mobiletune.labels import read_labels
+    from mobiletune.data.labels import read_labels
 
     listed = read_labels(path)
     split = all(s for _, _, s in listed.rows) and bool(listed.rows)

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobiletune.schema import ARCHS
-from mobiletune.vision import models
+from mobiletune.config.schema import ARCHS
 from mobiletune.errors import ConfigError, WeightsError
+from mobiletune.vision import models
 
 _BUILDERS = {"mobilenet_v2": (models.mobilenet_v2, models.MobileNet_V2_Weights),
              "mobilenet_v3_small": (models.mobilenet_v3_small, models.MobileNet_V3_Small_Weights),
