@@ -61,7 +61,6 @@ def _augmented_image(img: Image.Image, pre: dict, augment: str, rng: random.Rand
 def eval_pixels(img: Image.Image, pre: dict):
     """The eval view as uint8 HWC pixels: `eval_transform` before ToTensor and Normalize."""
     import numpy as np
-
     from mobiletune.vision import functional as TF
 
     return np.asarray(TF.center_crop(TF.resize(img, pre["resize"]), pre["crop"]))

@@ -61,8 +61,6 @@ def code_version() -> str:
     of the library versions that compute the numbers: any change there is a new cache."""
     import PIL
 
-    from mobiletune.data import images, transforms
-    from mobiletune.data.preprocess import Normalized
     from mobiletune.vision import torchvision
 
     try:
@@ -70,11 +68,19 @@ def code_version() -> str:
         ort = onnxruntime.__version__
     except ImportError:
         ort = "none"
-    src = inspect.getsource(transforms) + inspect.getsource(images.load_image) \
-        + inspect.getsource(images._to_rgb) + inspect.getsource(Normalized)
     libs = f"torch {torch.__version__}|torchvision {torchvision.__version__}|" \
            f"pillow {PIL.__version__}|onnxruntime {ort}"
-    return _sha(src + libs)
+    return _sha(code_source() + libs)
+
+
+def code_source() -> str:
+    """The source that turns a file into network input: decoding, views, normalization.
+    Moving these modules keeps the key; editing them (a blank line too) starts a new cache."""
+    from mobiletune.data import images, transforms
+    from mobiletune.data.preprocess import Normalized  # the normalization runs in the engine
+
+    return inspect.getsource(transforms) + inspect.getsource(images.load_image) \
+        + inspect.getsource(images._to_rgb) + inspect.getsource(Normalized)
 
 
 class FeatureCache:
