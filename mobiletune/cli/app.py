@@ -31,8 +31,19 @@ class PlainUsage(typer.core.TyperCommand):
         return [p.replace("{", "").replace("}", "") for p in super().collect_usage_pieces(ctx)]
 
 
-out = Console()  # results: tables, JSON
-err = Console(stderr=True)  # progress, warnings, errors
+def _console(stderr: bool = False) -> Console:
+    """A console that never hard-wraps what it prints (soft_wrap: a command or a path the
+    user must copy stays one line), and that is not 80 columns wide when it writes to a log,
+    a pipe or CI (tables keep whole file names there)."""
+    console = Console(stderr=stderr, soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, soft_wrap=True, width=LOG_WIDTH)
+    return console
+
+
+LOG_WIDTH = 400  # columns when not a terminal: wide enough for any table row we print
+out = _console()  # results: tables, JSON
+err = _console(stderr=True)  # progress, warnings, errors
 
 
 # OS errors that are the user's to fix (a full disk, a read-only or forbidden folder), not bugs
@@ -102,7 +113,7 @@ def _print_error(e: MobiletuneError) -> None:
         if getattr(e, "all_ranks", False) or dist is None or not dist.active():
             return
         text = f"rank {rank}: {text}"
-    Console(stderr=True).print(f"[bold red]error:[/] {text}", highlight=False, markup=True,
+    _console(stderr=True).print(f"[bold red]error:[/] {text}", highlight=False, markup=True,
                                soft_wrap=True)
 
 

@@ -63,7 +63,7 @@ class RichCallbacks(Callbacks):
     def _start_bar(self, label: str, total: int) -> None:
         self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
-                                 console=err, transient=True)
+                                 console=err, transient=True, disable=not err.is_terminal)
         self.progress.start()
         self.task = self.progress.add_task(label, total=total, stats="")
         self._label = label
@@ -76,7 +76,7 @@ class RichCallbacks(Callbacks):
         self.progress = Progress(TextColumn(f"{stage} {epoch}/{epochs}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                                  TimeRemainingColumn(), console=err, transient=True,
-                                 disable=self.quiet)
+                                 disable=self.quiet or not err.is_terminal)
         self.progress.start()
         self.task = self.progress.add_task("epoch", total=steps, stats="")
         self.images, self.t0 = 0, time.perf_counter()

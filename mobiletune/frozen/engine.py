@@ -76,11 +76,39 @@ class OrtEngine:
 
 def export_onnx(module: nn.Module, path: Path, size: int,
                 example: torch.Tensor | None = None) -> Path:
-    """Export a frozen prefix into the cache, whole or not at all."""
-    from mobiletune.fileio import atomic_write
+    """Export a frozen prefix into the cache, whole or not at all, with the digest of its
+    bytes beside it (`<name>.onnx.sha256`, written last) so a damaged file is never run."""
+    from mobiletune.fileio import atomic_write, write_text
 
     data = onnx_bytes(module, size, output="features", example=example)
-    return atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
+    write_text(_digest_path(path), hashlib.sha256(data).hexdigest())
+    return path
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _cached_engine(path: Path, concurrent: bool) -> OrtEngine | None:
+    """The cached export at `path` when its bytes are the ones exported and ONNX Runtime
+    opens it; else None, with a damaged file set aside (an export without its digest,
+    from before digests existed, is simply made again)."""
+    from mobiletune.frozen.store import set_aside
+
+    digest = _digest_path(path)
+    try:
+        want = digest.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+        set_aside([path, digest], f"engine {path.name}", "differs from what was exported")
+        return None
+    try:
+        return OrtEngine(path, concurrent)
+    except Exception as e:  # noqa: BLE001 - any load failure means: export again
+        set_aside([path, digest], f"engine {path.name}", f"does not load ({type(e).__name__})")
+        return None
 
 
 def onnx_cache_path(module: nn.Module, cache_dir: Path, size: int) -> Path:
@@ -105,8 +133,9 @@ def frozen_engine(module: nn.Module, device: torch.device, cache_dir: Path | Non
         return TorchEngine(module, device)
     try:
         path = onnx_cache_path(module, cache_dir, size)
-        if path.is_file():
-            return OrtEngine(path, concurrent)
+        cached = _cached_engine(path, concurrent) if path.is_file() else None
+        if cached is not None:
+            return cached
         if not keep:
             return OrtEngine(onnx_bytes(module, size, "features", example), concurrent)
         return OrtEngine(export_onnx(module, path, size, example), concurrent)

@@ -173,13 +173,22 @@ def _derive(mid: torch.nn.Module, entries, device: torch.device, batch: int = 25
     return out if out is not None else np.zeros((0, 1, 1), np.float32)
 
 
+def _say_set_aside(callbacks) -> None:
+    """One line per damaged cache file found and set aside (frozen/store.py)."""
+    from mobiletune.frozen.store import take_notices
+
+    for line in take_notices():
+        callbacks.on_message(line)
+
+
 def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> None:
     """Every missing entry computed once: each rank fills its share, then all wait for the
     whole cache (the cache folder must be shared by every node)."""
     from mobiletune.frozen.engine import frozen_engine
     from mobiletune.frozen.fill import fill as fill_missing
 
-    todo = store.missing(jobs)
+    todo = store.missing(jobs)  # verifies every pack it reads an entry from
+    _say_set_aside(callbacks)
     dist.barrier()  # nobody writes before every rank has listed what is missing
     mine = list(dist.shard(todo))
     if todo:
@@ -243,10 +252,12 @@ def _cached_feed(spec: FeedSpec, data, pre: dict, model, unfreeze: int, device,
     jobs = jobs_for(train, val)
     _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks)
     tr, va = store.entries(jobs[:len(train)]), store.entries(jobs[len(train):])
+    _say_set_aside(callbacks)  # an engine set aside while filling
     if depth and not unfreeze:
         mid = torch.nn.Sequential(Tail(model, k).blocks, torch.nn.AdaptiveAvgPool2d(1),
                                   torch.nn.Flatten(1), model.classifier[:-2])
         tr, va = _derive(mid, tr, device), _derive(mid, va, device)
+        _say_set_aside(callbacks)
     else:
         tr, va = (e.load() if e.nbytes <= RAM_BYTES else e for e in (tr, va))
     return CachedData(tr, [s.label for s in train], va, [s.label for s in val],

@@ -7,6 +7,12 @@ holds them as one contiguous [n, rows, *feature] array (read memory-mapped, in s
 its index, each renamed into place), so a killed fill leaves no half entry, and concurrent
 writers (ranks of one run, or two runs) never touch the same file: each writes its own packs.
 An entry present in two packs (two runs filled it at once) is the same numbers; either serves.
+
+A pack proves its bytes: its index records the .npy's size and CRC-32, computed as it is
+written, and a pack is checked once per process before any of its entries is served. One
+that fails (zeroed, truncated, a garbage or orphaned index) is set aside into `set-aside/`,
+renamed, never deleted; its entries count as missing and are computed again. Packs written
+before checksums existed are checked by their .npy header and size.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import os
 import secrets
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +34,8 @@ from mobiletune.fileio import atomic_write, write_text
 # A fill flushes a pack every this many bytes: what an interrupt can lose, and what a
 # filling process holds in memory beyond its batch.
 PACK_BYTES = 64 << 20
+# A pack's .npy without its index for this long is an orphan, not a pack being written.
+ORPHAN_AFTER_S = 120
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,7 +45,66 @@ def _malloc_trim():
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         return None
 
+
 Job = tuple[str, str]  # (image path, "train" | "eval"): what one cache entry is made from
+# What this process set aside in any cache (damaged packs and engines), one line each, for
+# the run to report; drained by `take_notices`.
+_NOTICES: list[str] = []
+
+
+def take_notices() -> list[str]:
+    """The set-aside lines since the last call."""
+    out = _NOTICES[:]
+    del _NOTICES[:len(out)]
+    return out
+
+
+def set_aside(files: list[Path], what: str, why: str) -> None:
+    """Move damaged cache files into `set-aside/` beside them (never deleted: a user may
+    want to look), and say so once."""
+    where = files[0].parent / "set-aside"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for f in files:
+        try:
+            where.mkdir(exist_ok=True)
+            os.replace(f, where / f"{f.name}.{stamp}")
+        except OSError:  # gone already, or a read-only cache: it is not served either way
+            pass
+    _NOTICES.append(f"cache: {what} {why}; set aside in {where}, recomputing what it held")
+
+
+class _Summing:
+    """A file wrapper that counts and CRCs what is written through it."""
+
+    def __init__(self, f) -> None:
+        self.f, self.crc, self.size = f, 0, 0
+
+    def write(self, data) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += memoryview(data).nbytes
+        return self.f.write(data)
+
+
+def file_crc(path: Path, chunk: int = 16 << 20) -> tuple[int, int]:
+    """(size, CRC-32) of a file, read in large sequential chunks."""
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc, size = zlib.crc32(block, crc), size + len(block)
+    return size, crc
+
+
+def _npy_size(path: Path) -> int | None:
+    """The size a well-formed .npy with this header must have (None: no valid header)."""
+    try:
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) \
+                else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+            return f.tell() + int(np.prod(shape)) * dtype.itemsize
+    except Exception:  # zeroed, truncated in the header, or not an .npy at all
+        return None
 
 
 def release_free_memory() -> None:
@@ -62,19 +130,66 @@ class PackStore:
 
     # -- what exists --------------------------------------------------------------------
     def index(self) -> dict[str, tuple[str, int]]:
-        """key -> (pack name, row) over every complete pack in the folder."""
-        for meta in self.dir.glob("*.json"):
+        """key -> (pack name, row) over every complete pack in the folder that proves its
+        bytes (checked once per process; a failing pack is set aside)."""
+        for meta in sorted(self.dir.glob("*.json")):
             name = meta.stem
             if name not in self._known:
-                try:
-                    self._known[name] = json.loads(meta.read_text(encoding="utf-8"))["keys"]
-                except (OSError, ValueError, KeyError):
-                    continue  # unreadable index: its entries are recomputed, never trusted
+                keys = self._verified_keys(name, meta)
+                if keys is not None:
+                    self._known[name] = keys
+        self._orphans()
         out: dict[str, tuple[str, int]] = {}
         for name in sorted(self._known):
             for row, key in enumerate(self._known[name]):
                 out.setdefault(key, (name, row))
         return out
+
+    def _orphans(self) -> None:
+        """A .npy whose index is gone (deleted, or lost in a copy) is set aside, once the
+        writer that made it has surely written its index (which comes milliseconds after)."""
+        for npy in self.dir.glob("*.npy"):
+            try:
+                old = time.time() - npy.stat().st_mtime > ORPHAN_AFTER_S
+            except OSError:
+                continue
+            if old and npy.stem not in self._known and not npy.with_suffix(".json").exists():
+                set_aside([npy], f"pack {npy.stem}", "has no index (deleted or never written)")
+
+    def _verified_keys(self, name: str, meta: Path) -> list[str] | None:
+        """The keys of pack `name` when its index reads and its .npy is the one written."""
+        npy = self.dir / f"{name}.npy"
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+            keys = [str(k) for k in info["keys"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            set_aside([meta, npy], f"pack {name}", "has an unreadable index")
+            return None
+        why = self._damage(npy, info, len(keys))
+        if why:
+            set_aside([meta, npy], f"pack {name}", why)
+            return None
+        return keys
+
+    @staticmethod
+    def _damage(npy: Path, info: dict, n_keys: int) -> str | None:
+        """Why the .npy of a pack is not the file its index describes, or None."""
+        try:
+            size = npy.stat().st_size
+        except OSError:
+            return "lost its .npy file"
+        if "crc32" in info:  # written with a checksum: the bytes must be those written
+            if size != info.get("size"):
+                return f"is {size} bytes, not the {info.get('size')} written"
+            if file_crc(npy)[1] != info["crc32"]:
+                return "fails its checksum (its bytes changed after writing)"
+            return None
+        expected = _npy_size(npy)  # an older pack: its header and size must agree
+        if expected is None:
+            return "has no valid .npy header"
+        if size != expected or (info.get("shape") or [n_keys])[0] != n_keys:
+            return f"is {size} bytes, not the {expected} its header says"
+        return None
 
     def has(self, keys: list[str]) -> list[bool]:
         idx = self.index()
@@ -100,10 +215,18 @@ class PackStore:
         data = np.stack([a for _, a in self._buffer])
         self._buffer, self._buffered = [], 0
         name = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
-        atomic_write(self.dir / f"{name}.npy", lambda f: np.save(f, data))
+        summed: list[_Summing] = []
+
+        def save(f) -> None:
+            summed.append(_Summing(f))
+            np.save(summed[0], data)
+
+        atomic_write(self.dir / f"{name}.npy", save)
         # the index last: a pack without one is invisible (and its .npy an orphan)
-        write_text(self.dir / f"{name}.json", json.dumps({"keys": keys,
-                                                          "shape": list(data.shape)}))
+        write_text(self.dir / f"{name}.json", json.dumps({
+            "keys": keys, "shape": list(data.shape), "size": summed[0].size,
+            "crc32": summed[0].crc}))
+        self._known[name] = keys  # its bytes are the ones just written
 
     # -- reading ------------------------------------------------------------------------
     def array(self, name: str) -> np.ndarray:

@@ -27,6 +27,7 @@ from mobiletune.data.scan import read_splits, scan
 from mobiletune.errors import CheckpointError, ConfigError, TrainingInterrupted
 from mobiletune.fileio import new_run_dir, update_latest, write_csv, write_text
 from mobiletune.frozen.feeds import FeedSpec, class_weights, make_feed
+from mobiletune.frozen.store import take_notices
 from mobiletune.model.backbone import (
     boundary,
     build_model,
@@ -181,6 +182,8 @@ def _execute(run: Run, callbacks: Callbacks) -> Path:
         with contextlib.suppress(Exception):  # keep what is done; report the first error
             run.flush()
         raise
+    for line in take_notices():  # a damaged engine met while scoring, set aside
+        callbacks.on_message(line)
     run.log("done")
     return run.dir
 
