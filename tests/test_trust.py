@@ -15,6 +15,7 @@ from torchvision import models
 from mobiletune.config.load import load_config
 from mobiletune.evaluation.calibration import (
     calibration_errors,
+    choose_temperature,
     cross_fit_probs,
     fit_temperature,
     halves,
@@ -82,6 +83,25 @@ def test_temperature_fit_and_cross_fit():
     assert fit_temperature(right, y) >= 0.5
 
 
+def test_temperature_is_kept_only_when_it_helps_held_out_images():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    z = rng.normal(size=(400, 3))
+    z[np.arange(400), y] += 1.5
+    assert choose_temperature(z * 4, y) == pytest.approx(fit_temperature(z * 4, y))  # helps
+    # Half the images confidently right, the other half confidently wrong on some: the
+    # fit on all softens, which costs the confident half more than the fit saves on the
+    # other, as each half's T shows on the other half. Declined: T = 1.
+    y = np.array([0, 1] * 8)
+    z = np.eye(2)[y] * 8.0
+    _, b = halves(y)
+    z[b[:3]] = z[b[:3]][:, ::-1]  # three confident mistakes, all in half b
+    assert fit_temperature(z, y) > 1.5
+    assert choose_temperature(z, y) == 1.0
+    e = calibration_errors(softmax(z), y, 1.0, True)  # nothing fitted: no cross-fit either
+    assert e["ece"] == e["ece_uncalibrated"]
+
+
 def test_default_epochs_are_auto():
     cfg = load_config(None)
     assert cfg.train.epochs is None and cfg.finetune.epochs is None
@@ -140,7 +160,7 @@ def test_train_log_best_pt_and_evaluate_agree(tmp_path, live):
 
 def test_temperature_is_folded_once_and_unfolded_for_finetune(tmp_path, live, monkeypatch):
     # a fixed T (its fit is tested above): a tiny run with no val errors would fit T = 1
-    monkeypatch.setattr(finish, "fit_temperature", lambda logits, labels: 2.5)
+    monkeypatch.setattr(finish, "choose_temperature", lambda logits, labels: 2.5)
     run, best = _trained(tmp_path, live)
     t = best["temperature"]
     assert t == 2.5

@@ -18,7 +18,7 @@ from torch import nn
 from mobiletune import dist
 from mobiletune.data.samples import Sample
 from mobiletune.errors import CheckpointError
-from mobiletune.evaluation.calibration import calibration_errors, fit_temperature
+from mobiletune.evaluation.calibration import calibration_errors, choose_temperature
 from mobiletune.evaluation.metrics import wilson_interval
 from mobiletune.model.backbone import split
 from mobiletune.model.checkpoint import load_checkpoint
@@ -35,11 +35,12 @@ def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
 
 
 def calibrate(model: nn.Module, spec: StageSpec, feed: StageData, device) -> float:
-    """Fit T on the val logits of `feed` and fold it into `model`; returns T."""
+    """Fit T on the val logits of `feed` and fold it into `model` when it helps held-out
+    images (calibration.choose_temperature); returns T (1.0: not calibrated)."""
     prefix, tail = split(model, spec.unfreeze)
     # every val image: under torchrun this runs on rank 0 alone, not on its share
     logits, labels = val_logits(tail, prefix, feed, device, shard=False)
-    t = fit_temperature(logits.numpy(), labels.numpy())
+    t = choose_temperature(logits.numpy(), labels.numpy())
     fold_temperature(model, t)
     return t
 
