@@ -20,6 +20,7 @@ from mobiletune.errors import CheckpointError
 from mobiletune.model.checkpoint import load_checkpoint
 from mobiletune.predict.backends import is_torchscript
 from tests.helpers_runs import make_live_run
+from tests.numerics import float_tolerance
 
 runner = CliRunner()
 
@@ -70,7 +71,8 @@ def test_every_format_predicts_like_best_pt(live):
         got = np.array([[r.probs[c] for c in ("ants", "bees")]
                         for r in mobiletune.load(model).predict(files)])
         assert (got.argmax(1) == ref.argmax(1)).all()
-        np.testing.assert_allclose(got, ref, atol=1e-5)
+        tol = float_tolerance(mobiletune.load(run).backend.module)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
 
 
 def test_pil_images_predict_like_their_files(live):
