@@ -87,6 +87,6 @@ def find_run(arg: str | os.PathLike | None, default_output: str = "runs") -> Pat
     if p.is_file():
         p = p.parent
     if not p.is_dir():
-        hint = "Train first (`mobiletune train --config FILE.yaml`) or pass --from/--checkpoint."
+        hint = "Train first (`mobiletune train --config FILE.yaml`) or name a run with --checkpoint RUN_DIR (--from for finetune; either name works)."
         raise CheckpointError(f"Run directory {p} not found. {hint}")
     return p.resolve()

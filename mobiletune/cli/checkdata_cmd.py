@@ -52,7 +52,7 @@ def _print_findings(report: Any) -> None:
                   f"{report.ignored[0][0]}[/]", highlight=False)
 
 
-@app.command("check-data", cls=PlainUsage, epilog="""Examples:
+@app.command("check-data", cls=PlainUsage, short_help="Check a data folder before training: counts, unreadable and tiny files, imbalance, duplicates.", epilog="""Examples:
 
   mobiletune check-data data/cats
 

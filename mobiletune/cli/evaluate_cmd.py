@@ -33,7 +33,7 @@ def _print_summary(m: dict[str, Any], files: dict[str, Path]) -> None:
     out.print(f"wrote {', '.join(files)} to {next(iter(files.values())).parent}", highlight=False)
 
 
-@app.command(epilog="""Examples:
+@app.command(short_help="Score a checkpoint on its val split or a folder: metrics, confusion matrix, report.", epilog="""Examples:
 
   mobiletune evaluate                                  (runs/latest on its val split)
 
@@ -42,7 +42,7 @@ def _print_summary(m: dict[str, Any], files: dict[str, Path]) -> None:
   mobiletune evaluate --checkpoint runs/cats --data photos/ --out eval-photos""")
 @guarded
 def evaluate(
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", show_default="runs/latest/best.pt", help="run directory, .pt file or an export (.onnx, TorchScript)"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "--from", show_default="runs/latest/best.pt", help="run directory, .pt file or an export (.onnx, TorchScript)"),
     data: Optional[str] = typer.Option(None, "--data", show_default="the run's val split (splits.csv)", help="labelled images to evaluate on: DIR/val/<class>/* if DIR has train/ and val/, else DIR/<class>/*"),
     out_dir: Optional[str] = typer.Option(None, "--out", show_default="a new <run>/eval, then eval-2, ...", help="folder for metrics.json, confusion_matrix.csv/.png, report.html"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per forward pass"),

@@ -22,7 +22,7 @@ def _free_png(folder: Path, stem: str, taken: set[str]) -> Path:
     raise FileExistsError(folder / f"{stem}.cam.png")
 
 
-@app.command(cls=PlainUsage, epilog="""Examples:
+@app.command(cls=PlainUsage, short_help="Grad-CAM heat maps: which parts of each image the prediction rests on.", epilog="""Examples:
 
   mobiletune explain photo.jpg                         (overlays in a new runs/latest/explain)
 
@@ -30,7 +30,7 @@ def _free_png(folder: Path, stem: str, taken: set[str]) -> Path:
 @guarded
 def explain(
     paths: list[str] = typer.Argument(..., metavar="PATH", help="image files, folders (recursive) or globs"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", show_default="runs/latest/best.pt", help="run directory or .pt checkpoint"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "--from", show_default="runs/latest/best.pt", help="run directory or .pt checkpoint"),
     out_dir: Optional[str] = typer.Option(None, "--out", show_default="a new <run>/explain, explain-2, ...", help="folder for the overlay PNGs"),
     class_name: Optional[str] = typer.Option(None, "--class", help="explain this class instead of each image's predicted class"),
     as_json: bool = typer.Option(False, "--json", help='one JSON object per image: {"path", "label", "score", "class", "cam", "overlay"}, cam in [0, 1]'),

@@ -48,7 +48,7 @@ def _summary(r: ExportReport, max_drop: float) -> str:
     return "\n".join(lines)
 
 
-@app.command(epilog="""Examples:
+@app.command(short_help="Export a checkpoint (ONNX, TorchScript, TFLite, Core ML), checked against PyTorch.", epilog="""Examples:
 
   mobiletune export --format onnx                      (runs/latest -> runs/<run>/export/model.onnx)
 
@@ -61,7 +61,7 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="also write a static int8 model (<name>.int8.onnx or .int8.tflite beside the float one), calibrated on the run's training images"),
     uint8_input: bool = typer.Option(False, "--uint8-input", help="onnx: take the uint8 NHWC center crop and give probabilities, like tflite (model.uint8.onnx)"),
     out_path: Optional[str] = typer.Option(None, "--out", show_default="<run>/export/, then export-2/ ...", help="output file, or a folder for model.onnx / model.pt / model.tflite / model.mlpackage in it"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", show_default="runs/latest/best.pt", help="run directory or .pt file"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "--from", show_default="runs/latest/best.pt", help="run directory or .pt file"),
     data: Optional[str] = typer.Option(None, "--data", show_default="the run's splits.csv", help="data folder for the parity check and int8 calibration"),
     max_drop: float = typer.Option(0.03, "--max-drop", min=0.0, max=1.0, help="refuse the int8 model when its val accuracy is more than this below the float model's"),
     force: bool = typer.Option(False, "--force", help="replace an existing file at --out (or in <run>/export/) instead of refusing (or writing export-2/)"),

@@ -11,7 +11,7 @@ from rich.markup import escape
 from mobiletune.cli.app import PlainUsage, app, err, guarded, out
 
 
-@app.command(cls=PlainUsage, epilog="""Examples:
+@app.command(cls=PlainUsage, short_help="Predict the class of images, folders or globs with a run or an export.", epilog="""Examples:
 
   mobiletune predict photo.jpg holiday/ --top-k 3
 
@@ -19,7 +19,7 @@ from mobiletune.cli.app import PlainUsage, app, err, guarded, out
 @guarded
 def predict(
     paths: list[str] = typer.Argument(..., metavar="PATH", help="image files, folders (recursive) or globs"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", show_default="runs/latest/best.pt", help="run directory, .pt checkpoint, or an exported .onnx, .tflite or TorchScript file"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "--from", show_default="runs/latest/best.pt", help="run directory, .pt checkpoint, or an exported .onnx, .tflite or TorchScript file"),
     top_k: int = typer.Option(3, "--top-k", min=1, help="labels to show per image"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per line, per image, in input order"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per forward pass"),
@@ -29,7 +29,10 @@ def predict(
     from mobiletune.predict.predictor import expand_inputs, load, require_some
 
     files = expand_inputs(paths)
-    preds = load(checkpoint).predict(files, top_k=top_k, batch_size=batch_size)
+    model = load(checkpoint)
+    used = model.info.get("checkpoint") or model.info.get("model") or checkpoint
+    err.print(f"model: {used} ({model.kind})", highlight=False, markup=False)
+    preds = model.predict(files, top_k=top_k, batch_size=batch_size)
     require_some(preds)
     if as_json:
         for p in preds:

@@ -60,7 +60,7 @@ def _latency_lines(lat: dict) -> str:
     return "latency on this machine (median):\n" + "\n".join(rows)
 
 
-@app.command(epilog="""Examples:
+@app.command(short_help="Per-block parameters, multiply-adds, separability savings and latency of an arch.", epilog="""Examples:
 
   mobiletune profile --arch mobilenet_v3_small
 

@@ -23,6 +23,12 @@ def summary(best: dict) -> str:
     text += f", val loss {m.get('val_loss', nan):.4f}"
     if "ece" in m:
         text += f", ECE {m['ece']:.3f} (uncalibrated {m['ece_uncalibrated']:.3f})"
+    t = best.get("temperature")
+    if t == 1.0:
+        text += ("\ncalibration: kept T = 1 (a fitted temperature did not lower the NLL of "
+                 "held-out val images)")
+    elif t is not None:
+        text += f"\ncalibration: temperature {t:.3g} (lowers the NLL of held-out val images)"
     parent = m.get("parent_val_acc")
     if best["stage"] == "finetune" and best["epoch"] == 0:
         text += "\nfine-tuning did not beat its starting model (val loss); best.pt keeps it"
@@ -66,7 +72,8 @@ FINETUNE_EXAMPLES = """Examples:
   mobiletune finetune --from runs/cats --unfreeze 5 --epochs 3 --image-size 256"""
 
 
-@app.command(epilog=TRAIN_EXAMPLES)
+@app.command(short_help="Train the head (backbone frozen), then the finetune stage if the config has one.",
+             epilog=TRAIN_EXAMPLES)
 @guarded
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", rich_help_panel=c.RUN, help="YAML config file (every key: configs/cats.yaml); without it, the defaults", show_default=False),
@@ -108,12 +115,13 @@ def train(
     _finish(pipeline.train(cfg, RichCallbacks(quiet)))
 
 
-@app.command(epilog=FINETUNE_EXAMPLES)
+@app.command(short_help="Continue a trained run with its last N blocks unfrozen, into a new run.",
+             epilog=FINETUNE_EXAMPLES)
 @guarded
 def finetune(
     unfreeze: Optional[int] = typer.Option(None, "--unfreeze", rich_help_panel=c.TRAINING, show_default="from the parent's config, else 3", help="train the last N blocks of model.features (1 to the arch's block count)"),
     lr: Optional[float] = c.from_config("finetune.lr", "finetune learning rate", "--lr", panel=c.TRAINING),
-    from_: Optional[str] = typer.Option(None, "--from", rich_help_panel=c.RUN, show_default="runs/latest", help="run directory or checkpoint to start from"),
+    from_: Optional[str] = typer.Option(None, "--from", "--checkpoint", rich_help_panel=c.RUN, show_default="runs/latest", help="run directory or checkpoint to start from"),
     epochs: Optional[int] = c.from_config("finetune.epochs", "finetune epochs", "--epochs", panel=c.TRAINING),
     train_bn: Optional[bool] = typer.Option(None, "--train-bn/--no-train-bn", rich_help_panel=c.TRAINING, show_default="from config: finetune.train_bn", help="let BatchNorm statistics move in unfrozen blocks"),
     arch: Optional[c.ArchName] = c.Arch, weights: Optional[str] = c.Weights,

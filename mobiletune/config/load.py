@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import dataclasses
 import math
 from dataclasses import fields, replace
 from pathlib import Path
@@ -250,5 +251,14 @@ def load_config(path: str | Path | None, overrides: list[tuple[str, Any]] = ()) 
 
 
 def dump_yaml(cfg: Config) -> str:
-    """The resolved config as YAML text, keys in declaration order."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The resolved config as YAML text, keys in declaration order; a key left to the run
+    (None) reads `auto`, as the user wrote it, and loads back as the same config."""
+    data = cfg.to_dict()
+    for section in fields(cfg):
+        value = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in fields(value):
+            if f.metadata.get("auto") and getattr(value, f.name) is None:
+                data[section.name][f.name] = "auto"
+    return yaml.safe_dump(data, sort_keys=False)

@@ -176,6 +176,10 @@ def _layout_issues(counts: dict[str, dict[str, int]]) -> list[str]:
         train, val = set(counts["train"]), set(counts["val"])
         issues += [f"class '{c}' is in val/ but missing from train/" for c in sorted(val - train)]
         issues += [f"class '{c}' is in train/ but missing from val/" for c in sorted(train - val)]
+    usable = {c for per in counts.values() for c, n in per.items() if n}
+    if len(usable) < 2:  # what `train` refuses: say it here, where errors send the user
+        issues.append(f"{len(usable)} class(es) with readable images "
+                      f"({', '.join(sorted(usable)) or 'none'}); a classifier needs at least 2")
     return issues
 
 

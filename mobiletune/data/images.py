@@ -8,9 +8,14 @@ a change to how a file becomes pixels is a new cache.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+# `probe` skips every file over PIL's pixel limit by its size, before any decode, so PIL's
+# warning for such a file (raised as it opens it) says nothing the skip reason does not.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _WHITE = (255, 255, 255)

@@ -260,10 +260,16 @@ def _gallery(mistakes: list[dict[str, Any]]) -> str:
     return f'<div class="gallery">{"".join(items)}</div>'
 
 
+def _short(v: Any) -> str:
+    """A value as a reader wants it: floats to 3 significant digits (T = 1.19, not
+    1.1857920608576331), everything else as is."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def render_report(metrics: dict[str, Any], info: dict[str, Any], confusion_uri: str,
                   curves_uri: str | None, mistakes: list[dict[str, Any]]) -> str:
     """The report page as one HTML string (all images already embedded as data URIs)."""
-    meta = " &middot; ".join(f"{html.escape(str(k))}: <b>{html.escape(str(v))}</b>"
+    meta = " &middot; ".join(f"{html.escape(str(k))}: <b>{html.escape(_short(v))}</b>"
                              for k, v in info.items() if v not in (None, ""))
     ci = metrics.get("accuracy_ci95")
     acc_label = f"accuracy (95% CI {ci[0]:.1%}-{ci[1]:.1%})" if ci else "accuracy"

@@ -47,12 +47,20 @@ class Prediction:
     def score(self) -> float | None:
         return self.top_k[0][1] if self.top_k else None
 
+    @property
+    def confidence(self) -> float | None:
+        """`score` under its old name (predict --json's "confidence"), kept for one release."""
+        return self.score
+
     def to_json(self) -> dict:
-        """The contract's JSON line."""
+        """The contract's JSON line, in the names the API and `explain --json` share (label,
+        score); "confidence" and "prob" repeat them under their old names for one release."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        return {"path": self.path, "label": self.label, "confidence": round(self.score, 6),
-                "top_k": [{"label": lab, "prob": round(p, 6)} for lab, p in self.top_k]}
+        score = round(self.score, 6)
+        return {"path": self.path, "label": self.label, "score": score, "confidence": score,
+                "top_k": [{"label": lab, "score": round(p, 6), "prob": round(p, 6)}
+                          for lab, p in self.top_k]}
 
 
 def expand_inputs(items: Iterable[str]) -> list[str]:

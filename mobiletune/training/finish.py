@@ -109,4 +109,4 @@ def finish_run(run, spec: StageSpec, feed: StageData, device, callbacks) -> None
     run.log(f"final: {ckpt['stage']} epoch {ckpt['epoch']} scored on {scores['n_val']} val "
             f"images: val_acc {scores['val_acc']:.4f} (95% CI {lo:.3f}-{hi:.3f}) val_loss "
             f"{scores['val_loss']:.4f} ece {scores['ece']:.4f} (uncalibrated "
-            f"{scores['ece_uncalibrated']:.4f}) temperature {t:.3f}")
+            f"{scores['ece_uncalibrated']:.4f}) temperature {t:.3g}")

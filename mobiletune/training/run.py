@@ -105,9 +105,7 @@ def _launch(cfg: Config, data: ScanResult, model: nn.Module, pre: dict,
     try:
         _start(run, callbacks)
         return _execute(run, callbacks)
-    except TrainingInterrupted:
-        if dist.is_main():
-            update_latest(run.dir)
+    except TrainingInterrupted:  # kept (last.pt resumes it); `latest` only once it trained
         raise
     except Exception:
         if dist.is_main() and not run.started:
@@ -304,12 +302,16 @@ def resume(run_dir: str | Path, callbacks: Callbacks | None = None,
     if run.stage_index >= len(run.stages):
         callbacks.on_message(f"{run.dir} already finished; nothing to resume.")
         return run.dir
-    run.log("resumed" + "".join(f", {k} = {v}" for k, v in changes.items()))
+    spec = run.stages[run.stage_index]
+    where = (f"{spec.name} stage, after epoch {run.state.epochs_done} of "
+             f"{'auto' if spec.auto else spec.epochs}")
+    callbacks.on_message(f"resuming {run.dir}: {where}")
+    run.log(f"resumed at {where}" + "".join(f", {k} = {v}" for k, v in changes.items()))
     if cfg != stored and dist.is_main():  # config.yaml records what runs
         write_text(run.dir / "config.yaml", dump_yaml(cfg))
     for w in data.warnings:
         run.log(f"warning: {w}")
         callbacks.on_message(f"warning: {w}")
-    if dist.is_main():
+    if dist.is_main() and run.history:  # `latest`: the newest run that finished an epoch
         update_latest(run.dir)
     return _execute(run, callbacks)
