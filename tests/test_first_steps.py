@@ -1,5 +1,6 @@
-"""What a new user meets first: the README's set-up lines and map of the code, and
-configs/cats.yaml out of the box (no data/cats, no network) saying what to do."""
+"""What a new user meets first: the README (its set-up lines, one page with the main job near
+the top, links that resolve), and configs/cats.yaml out of the box (no data/cats, no network)
+saying what to do."""
 
 from __future__ import annotations
 
@@ -23,13 +24,20 @@ def test_readme_has_a_cpu_only_install():
     assert "--index-url https://download.pytorch.org/whl/cpu" in line and "torchvision" in line
 
 
-def test_architecture_section_lists_every_module():
-    section = README.split("## Architecture", 1)[1].split("\n## ", 1)[0]
-    for path in sorted((REPO / "mobiletune").rglob("*.py")):
-        rel = path.relative_to(REPO / "mobiletune").as_posix()
-        if path.name in ("__init__.py", "__main__.py") or rel.endswith("_cmd.py"):
-            continue  # packages and the one-per-command CLI modules are described as groups
-        assert f"`{rel}`" in section, f"README's Architecture section does not mention {rel}"
+def test_readme_is_one_page_with_the_main_job_first():
+    lines = README.splitlines()
+    assert len(lines) <= 160, f"README.md has {len(lines)} lines; details belong in docs/"
+    first = next(i for i, x in enumerate(lines, 1) if x.startswith("mobiletune train --config"))
+    assert first <= 40, f"the main job's first command is on line {first}, not in the first 40"
+    assert "## The main job" in "\n".join(lines[:first])
+
+
+def test_readme_links_point_at_files_that_exist():
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    local = [x for x in links if "://" not in x and not x.startswith("mailto:")]
+    assert any(x.startswith("docs/") and x.endswith(".md") for x in local), "no link to docs/"
+    missing = [x for x in local if not (REPO / x).is_file()]
+    assert missing == [], f"README.md links to files that do not exist: {missing}"
 
 
 @pytest.fixture

@@ -1,9 +1,7 @@
-"""Run an exported model with ONNX Runtime alone: no torch, no checkpoint.
-
-An exported `.onnx` file carries what prediction needs in its `metadata_props`:
-`class_names` (JSON list, index i is logit i), `resize`, `crop`, `mean`, `std`. A float graph
-maps a normalized float32 NCHW batch to logits; `deploy.backends` opens it for prediction.
-"""
+"""int8 models: static quantization of an ONNX export (QDQ, per-channel weights, ranges from
+training images), keeping the last blocks float when int8 alone costs too much accuracy; the
+`.int8` file name; and keeping or refusing an int8 model by `--max-drop` against the float
+export, written under a temporary name so a refused or interrupted export leaves nothing."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The fastest engine for frozen compute: ONNX Runtime on CPU, PyTorch (autocast) on GPU.
 
 On this kind of CPU, ONNX Runtime runs a frozen MobileNet 1.6x (V3-Small) to 3.7x (V2)
-faster than PyTorch eager (README table), so frozen prefixes are exported once (cached by
+faster than PyTorch eager (docs/performance.md), so frozen prefixes are exported once (cached by
 the hash of their weights) and run there.
 PyTorch with channels_last is the fallback when export or ONNX Runtime fails.
 """
