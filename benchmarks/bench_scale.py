@@ -174,19 +174,51 @@ def one(root: Path, image_size: int, epochs: int, device_name: str) -> dict:
         whole = time.perf_counter() - t0
         # the boundary activations as a finetune epoch reads them (no arithmetic)
         t2 = time.perf_counter()
-        boundary = feeds._cached_feed(cfg, data, pre, model, 3, device, Callbacks())
+        boundary = feeds._cached_feed(feeds.FeedSpec.of(cfg), data, pre, model, 3, device,
+                                      Callbacks())
         t_prep = time.perf_counter() - t2
         t2 = time.perf_counter()
         for _ in boundary.train_batches(1):
             pass
         t_bound = time.perf_counter() - t2
+        verify = _verify_cost(cfg, data, pre, model, device, Path(tmp) / "cache")
+        verify["warm_run_s"] = verify["warm_open_s"] + sum(head)
         old_dir = Path(tmp) / "old"
         old_dir.mkdir()
         t_old = _old_layout_epoch(np.asarray(feed.train), feed.train_labels, old_dir, 32)
     n = len(data.samples)
     return {"images": n, "scan_s": t_scan, "scan1_s": t_scan1, "fill_ips": n / t_fill, "head_epoch_s": min(head),
             "old_read_s": t_old, "boundary_read_s": t_bound, "boundary_prep_s": t_prep, "whole_s": whole,
-            "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **verify}
+
+
+def _verify_cost(cfg, data, pre, model, device, cache: Path) -> dict:
+    """What proving the cache's bytes costs a warm run: opening the cached head features as
+    a new process does (every pack checked once: size and CRC-32), and the same index read
+    with the checks switched off, side by side."""
+    from mobiletune.frozen import feeds
+    from mobiletune.frozen.store import PackStore
+    from mobiletune.training.stage import Callbacks
+
+    folders = sorted(cache.glob("features/*"))
+    t0 = time.perf_counter()
+    feeds.make_feed(feeds.FeedSpec.of(cfg), data, pre, model, 0, device, Callbacks())
+    warm_open = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for d in folders:
+        PackStore(d).index()
+    checked = time.perf_counter() - t0
+    real = PackStore._damage
+    PackStore._damage = staticmethod(lambda *a: None)
+    try:
+        t0 = time.perf_counter()
+        for d in folders:
+            PackStore(d).index()
+        plain = time.perf_counter() - t0
+    finally:
+        PackStore._damage = real
+    return {"warm_open_s": warm_open, "verify_s": max(checked - plain, 0.0),
+            "pack_mb": sum(f.stat().st_size for d in folders for f in d.glob("packs/*.npy")) / 2**20}
 
 
 def torchrun_row(root: Path, procs: int, image_size: int, work: Path) -> dict:
@@ -258,6 +290,14 @@ def main() -> None:
                   f"{r['whole_s']:.0f}", f"1/{r['whole_s'] / r['head_epoch_s']:.0f}",
                   f"{r['rss_gb']:.2f}")
     con.print(t)
+    tv = Table(title="proving the cache's bytes: every pack's size and CRC-32, checked once per "
+                     "process, against a warm head run (warm open + the head epochs above)")
+    for col in ("images", "packs MB", "verify s", "warm run s", "verify / warm run"):
+        tv.add_column(col, justify="right")
+    for r in rows:
+        tv.add_row(f"{r['images']:,}", f"{r['pack_mb']:.0f}", f"{r['verify_s']:.3f}",
+                   f"{r['warm_run_s']:.2f}", f"{100 * r['verify_s'] / r['warm_run_s']:.1f}%")
+    con.print(tv)
     if not args.skip_torchrun and args.device == "cpu":
         folder = make_folder(args.work / f"n{sizes[0]}", sizes[0])
         tr = [torchrun_row(folder, p, args.image_size, args.work) for p in (1, 2)]
