@@ -95,6 +95,7 @@ def train(
     from mobiletune.errors import ConfigError
     from mobiletune.training import run as pipeline
     from mobiletune.training.folds import train_folds
+    from mobiletune.training.resume import resume as resume_run
 
     pairs = c.common_pairs(arch, weights, data, batch_size, image_size, device, seed, out,
                            workers, name)
@@ -106,7 +107,7 @@ def train(
         if folds is not None:
             raise ConfigError("--resume continues one run; drop --folds.", key="folds",
                               value=folds)
-        _finish(pipeline.resume(resume, RichCallbacks(quiet), dict(changes)))
+        _finish(resume_run(resume, RichCallbacks(quiet), dict(changes)))
         return
     cfg = load_config(config, changes)
     if folds is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import dataclasses
 import math
 from dataclasses import fields, replace
 from pathlib import Path

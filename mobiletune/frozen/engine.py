@@ -94,7 +94,7 @@ def _cached_engine(path: Path, concurrent: bool) -> OrtEngine | None:
     """The cached export at `path` when its bytes are the ones exported and ONNX Runtime
     opens it; else None, with a damaged file set aside (an export without its digest,
     from before digests existed, is simply made again)."""
-    from mobiletune.frozen.store import set_aside
+    from mobiletune.frozen.integrity import set_aside
 
     digest = _digest_path(path)
     try:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from mobiletune import dist
-from mobiletune.config.schema import Config
+from mobiletune.config.schema import NUM_BLOCKS, Config
 from mobiletune.data.samples import Sample
 from mobiletune.data.scan import ImageDataset
 from mobiletune.data.transforms import decode_side, eval_transform, train_transform
@@ -175,7 +175,7 @@ def _derive(mid: torch.nn.Module, entries, device: torch.device, batch: int = 25
 
 def _say_set_aside(callbacks) -> None:
     """One line per damaged cache file found and set aside (frozen/store.py)."""
-    from mobiletune.frozen.store import take_notices
+    from mobiletune.frozen.integrity import take_notices
 
     for line in take_notices():
         callbacks.on_message(line)
@@ -215,6 +215,10 @@ def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> No
     dist.agree(check)
 
 
+# the blocks `mobiletune finetune` unfreezes when not told (training/run.py)
+FINETUNE_DEFAULT = 3
+
+
 @dataclass(frozen=True)
 class FeedSpec:
     """What a stage's batch source depends on, out of the whole config."""
@@ -226,13 +230,17 @@ class FeedSpec:
     batch_size: int
     balance: str
     workers: int
-    finetune_depth: int  # blocks a later finetune stage unfreezes: where a head stage caches
+    finetune_depth: int  # blocks a later finetune unfreezes: where a head stage caches
 
     @classmethod
     def of(cls, cfg: Config) -> FeedSpec:
+        """A head stage caches at the finetune stage's boundary, or, for a head-only run, at
+        the boundary `finetune` unfreezes by default: that command then finds its inputs in
+        the cache instead of passing every image through the backbone again."""
         d = cfg.data
+        depth = min(cfg.finetune.unfreeze or FINETUNE_DEFAULT, NUM_BLOCKS[cfg.model.arch])
         return cls(cfg.model.arch, d.cache, d.augment, 1 if d.augment == "none" else d.views,
-                   d.batch_size, d.balance, cfg.workers, cfg.finetune.unfreeze)
+                   d.batch_size, d.balance, cfg.workers, depth)
 
 
 def _cached_feed(spec: FeedSpec, data, pre: dict, model, unfreeze: int, device,

@@ -24,12 +24,12 @@ import json
 import os
 import secrets
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from mobiletune.fileio import atomic_write, write_text
+from mobiletune.frozen.integrity import Summing, file_crc, npy_size, set_aside
 
 # A fill flushes a pack every this many bytes: what an interrupt can lose, and what a
 # filling process holds in memory beyond its batch.
@@ -47,64 +47,6 @@ def _malloc_trim():
 
 
 Job = tuple[str, str]  # (image path, "train" | "eval"): what one cache entry is made from
-# What this process set aside in any cache (damaged packs and engines), one line each, for
-# the run to report; drained by `take_notices`.
-_NOTICES: list[str] = []
-
-
-def take_notices() -> list[str]:
-    """The set-aside lines since the last call."""
-    out = _NOTICES[:]
-    del _NOTICES[:len(out)]
-    return out
-
-
-def set_aside(files: list[Path], what: str, why: str) -> None:
-    """Move damaged cache files into `set-aside/` beside them (never deleted: a user may
-    want to look), and say so once."""
-    where = files[0].parent / "set-aside"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for f in files:
-        try:
-            where.mkdir(exist_ok=True)
-            os.replace(f, where / f"{f.name}.{stamp}")
-        except OSError:  # gone already, or a read-only cache: it is not served either way
-            pass
-    _NOTICES.append(f"cache: {what} {why}; set aside in {where}, recomputing what it held")
-
-
-class _Summing:
-    """A file wrapper that counts and CRCs what is written through it."""
-
-    def __init__(self, f) -> None:
-        self.f, self.crc, self.size = f, 0, 0
-
-    def write(self, data) -> int:
-        self.crc = zlib.crc32(data, self.crc)
-        self.size += memoryview(data).nbytes
-        return self.f.write(data)
-
-
-def file_crc(path: Path, chunk: int = 16 << 20) -> tuple[int, int]:
-    """(size, CRC-32) of a file, read in large sequential chunks."""
-    crc, size = 0, 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            crc, size = zlib.crc32(block, crc), size + len(block)
-    return size, crc
-
-
-def _npy_size(path: Path) -> int | None:
-    """The size a well-formed .npy with this header must have (None: no valid header)."""
-    try:
-        with open(path, "rb") as f:
-            fmt = np.lib.format
-            read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) \
-                else fmt.read_array_header_2_0
-            shape, _, dtype = read(f)
-            return f.tell() + int(np.prod(shape)) * dtype.itemsize
-    except Exception:  # zeroed, truncated in the header, or not an .npy at all
-        return None
 
 
 def release_free_memory() -> None:
@@ -184,7 +126,7 @@ class PackStore:
             if file_crc(npy)[1] != info["crc32"]:
                 return "fails its checksum (its bytes changed after writing)"
             return None
-        expected = _npy_size(npy)  # an older pack: its header and size must agree
+        expected = npy_size(npy)  # an older pack: its header and size must agree
         if expected is None:
             return "has no valid .npy header"
         if size != expected or (info.get("shape") or [n_keys])[0] != n_keys:
@@ -215,10 +157,10 @@ class PackStore:
         data = np.stack([a for _, a in self._buffer])
         self._buffer, self._buffered = [], 0
         name = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
-        summed: list[_Summing] = []
+        summed: list[Summing] = []
 
         def save(f) -> None:
-            summed.append(_Summing(f))
+            summed.append(Summing(f))
             np.save(summed[0], data)
 
         atomic_write(self.dir / f"{name}.npy", save)

@@ -19,15 +19,14 @@ from mobiletune import dist
 from mobiletune.config.load import config_from_dict, dump_yaml
 from mobiletune.config.overrides import (
     refuse_unhonoured_finetune,
-    refuse_unhonoured_resume,
 )
 from mobiletune.config.schema import DEVICES, Config
 from mobiletune.data.samples import ScanResult
 from mobiletune.data.scan import read_splits, scan
 from mobiletune.errors import CheckpointError, ConfigError, TrainingInterrupted
-from mobiletune.fileio import new_run_dir, update_latest, write_csv, write_text
-from mobiletune.frozen.feeds import FeedSpec, class_weights, make_feed
-from mobiletune.frozen.store import take_notices
+from mobiletune.fileio import new_run_dir, write_csv, write_text
+from mobiletune.frozen.feeds import FINETUNE_DEFAULT, FeedSpec, class_weights, make_feed
+from mobiletune.frozen.integrity import take_notices
 from mobiletune.model.backbone import (
     boundary,
     build_model,
@@ -47,7 +46,6 @@ from mobiletune.training.stage import (
     StageState,
     fit_stage,
     stage_threads,
-    state_from_dict,
 )
 
 
@@ -104,7 +102,7 @@ def _launch(cfg: Config, data: ScanResult, model: nn.Module, pre: dict,
     run = Run(run_dir, cfg, data, model, pre, stages, device=device)
     try:
         _start(run, callbacks)
-        return _execute(run, callbacks)
+        return execute(run, callbacks)
     except TrainingInterrupted:  # kept (last.pt resumes it); `latest` only once it trained
         raise
     except Exception:
@@ -140,7 +138,7 @@ def scan_config(cfg: Config, callbacks: Callbacks | None = None) -> ScanResult:
                                      labels=cfg.data.labels or None))
 
 
-def _execute(run: Run, callbacks: Callbacks) -> Path:
+def execute(run: Run, callbacks: Callbacks) -> Path:
     """Run the remaining stages of `run`; Ctrl-C / SIGTERM leave a resumable last.pt."""
     device = run.device
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions crawl
@@ -238,7 +236,7 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
     section = raw.get("finetune")
     if "finetune.unfreeze" not in cfg_changes and isinstance(section, dict) \
             and not section.get("unfreeze"):  # a run without a finetune stage: 3 blocks
-        raw["finetune"] = {**section, "unfreeze": 3}
+        raw["finetune"] = {**section, "unfreeze": FINETUNE_DEFAULT}
     if "name" not in cfg_changes:  # cats -> cats-ft (then cats-ft-2, ...), unless renamed
         raw["name"] = f"{raw.get('name', 'run')}-ft"
     cfg = absolutize(config_from_dict(raw, f"the config stored in {parent['path']}",
@@ -270,48 +268,3 @@ def finetune(source: str | None, cfg_changes: dict[str, Any],
     return _launch(cfg, data, model, pre, plan(cfg, head=False), callbacks, device)
 
 
-def resume(run_dir: str | Path, callbacks: Callbacks | None = None,
-           changes: dict[str, Any] | None = None) -> Path:
-    """Continue an interrupted run from its last.pt, in the same directory. `changes` may
-    set only device and data.workers; any other override is refused."""
-    from mobiletune.config.load import apply_overrides
-
-    callbacks, changes = callbacks or Callbacks(), dict(changes or {})
-    refuse_unhonoured_resume(changes, run_dir)
-    ckpt = load_checkpoint(run_dir, "last.pt")
-    if "resume" not in ckpt:
-        raise CheckpointError(f"{ckpt['path']} holds no resume state.")
-    source = f"the config stored in {ckpt['path']}"
-    stored = config_from_dict(ckpt["config"], source)
-    cfg = config_from_dict(apply_overrides(ckpt["config"], list(changes.items())), source,
-                           cli=changes)
-    device = dist.init(pick_device(cfg.device))  # before anything changes in the run
-    splits = Path(ckpt["path"]).parent / "splits.csv"
-    data = read_splits(splits, ckpt["class_names"]) if splits.is_file() else scan_config(cfg)
-    if list(data.classes) != list(ckpt["class_names"]):  # else labels overrun the head
-        raise CheckpointError(f"{ckpt['path']} was trained on classes {ckpt['class_names']}, but "
-                              f"{cfg.data.root} now holds {data.classes}; restore the class "
-                              "folders to resume, or start a new run.")
-    model = model_from_checkpoint(ckpt)
-    r = ckpt["resume"]
-    from mobiletune.training.stage import EpochResult
-
-    run = Run(Path(ckpt["path"]).parent, cfg, data, model, ckpt["preprocess"],
-              [StageSpec(**s) for s in r["stages"]], [EpochResult(**h) for h in r["history"]],
-              r["stage_index"], state_from_dict(r["state"]), device)
-    if run.stage_index >= len(run.stages):
-        callbacks.on_message(f"{run.dir} already finished; nothing to resume.")
-        return run.dir
-    spec = run.stages[run.stage_index]
-    where = (f"{spec.name} stage, after epoch {run.state.epochs_done} of "
-             f"{'auto' if spec.auto else spec.epochs}")
-    callbacks.on_message(f"resuming {run.dir}: {where}")
-    run.log(f"resumed at {where}" + "".join(f", {k} = {v}" for k, v in changes.items()))
-    if cfg != stored and dist.is_main():  # config.yaml records what runs
-        write_text(run.dir / "config.yaml", dump_yaml(cfg))
-    for w in data.warnings:
-        run.log(f"warning: {w}")
-        callbacks.on_message(f"warning: {w}")
-    if dist.is_main() and run.history:  # `latest`: the newest run that finished an epoch
-        update_latest(run.dir)
-    return _execute(run, callbacks)
