@@ -21,6 +21,9 @@ def summary(best: dict) -> str:
         lo, hi = m["accuracy_ci95"]
         text += f" (95% CI {lo:.3f}-{hi:.3f}, {m.get('n_val', '?')} images)"
     text += f", val loss {m.get('val_loss', nan):.4f}"
+    lr = best.get("config", {}).get("train" if best["stage"] == "head" else "finetune", {})
+    if isinstance(lr.get("lr"), float):
+        text += f", learning rate {lr['lr']:g}"
     if "ece" in m:
         text += f", ECE {m['ece']:.3f} (uncalibrated {m['ece_uncalibrated']:.3f})"
     t = best.get("temperature")

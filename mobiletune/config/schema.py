@@ -58,7 +58,8 @@ class TrainConfig:
     # stage.AUTO_HEAD for the stopping rule
     epochs: int | None = _key(None, "head-stage epochs; auto = until val loss stops improving",
                               lo=1, hi=10000, kind=int, auto=True)
-    lr: float = _key(1.0e-3, "head-stage learning rate", lo=0.0, hi=10.0, lo_open=True)
+    lr: float | None = _key(None, "head-stage learning rate; auto = chosen by short trials on "
+                            "val loss", lo=0.0, hi=10.0, lo_open=True, kind=float, auto=True)
     weight_decay: float = _key(1.0e-4, "AdamW weight decay", lo=0.0, hi=1.0)
     label_smoothing: float = _key(0.0, "cross-entropy label smoothing", lo=0.0, hi=1.0,
                                   hi_open=True)
@@ -73,7 +74,8 @@ class FinetuneConfig:
     unfreeze: int = _key(0, "last N blocks of model.features to train; 0 = no finetune stage")
     epochs: int | None = _key(None, "finetune-stage epochs; auto = until val loss stops "
                               "improving", lo=1, hi=10000, kind=int, auto=True)
-    lr: float = _key(1.0e-5, "finetune-stage learning rate", lo=0.0, hi=10.0, lo_open=True)
+    lr: float | None = _key(None, "finetune-stage learning rate; auto = chosen by short trials "
+                            "on val loss", lo=0.0, hi=10.0, lo_open=True, kind=float, auto=True)
     train_bn: bool = _key(False, "let BatchNorm running statistics move in unfrozen blocks")
 
 

@@ -138,8 +138,8 @@ class Run:
             if name in self.pending:
                 save_checkpoint(self.dir / name, self.pending[name])
                 del self.pending[name]  # only once written: an interrupt retries it
-        if not self.started and self.history:  # an epoch is on disk: the run is kept
-            self.started = True
+        if not self.started and self.history and (self.dir / "best.pt").is_file():
+            self.started = True  # a model is on disk: the run is kept, `latest` names it
             update_latest(self.dir)
         self.flushed_at = time.monotonic()
 

@@ -46,7 +46,7 @@ class StageSpec:
     name: str
     unfreeze: int
     epochs: int
-    lr: float
+    lr: float | None  # None: `lr: auto`, chosen before the stage starts (lr_find.py)
     weight_decay: float
     label_smoothing: float
     patience: int
@@ -121,7 +121,7 @@ def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return (seed * 1_000_003 + (0 if stage == "head" else 500_009) + epoch) % (2**63)
 
 
-def _step_batch(tail, prefix, data, x, y, device, loss_fn):
+def step_batch(tail, prefix, data, x, y, device, loss_fn):
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     cuda = device.type == "cuda"
     if cuda and x.dim() == 4:
@@ -143,7 +143,7 @@ def val_logits(tail: nn.Module, prefix: nn.Module, data: StageData,
     logits, labels = [], []
     with torch.no_grad():
         for x, y in data.val_batches(shard):
-            z, _, y = _step_batch(tail, prefix, data, x, y, device, lambda a, b: None)
+            z, _, y = step_batch(tail, prefix, data, x, y, device, lambda a, b: None)
             logits.append(z.float().cpu())
             labels.append(y.cpu())
     if not logits:
@@ -252,7 +252,7 @@ def _train_epoch(model, tail, prefix, opt, loss_fn, spec, data, device, eseed, e
     for step, (x, y) in enumerate(data.train_batches(eseed), 1):
         if INTERRUPT.is_set():  # a Ctrl-C whose KeyboardInterrupt Python swallowed
             raise KeyboardInterrupt
-        logits, loss, y = _step_batch(tail, prefix, data, x, y, device, loss_fn)
+        logits, loss, y = step_batch(tail, prefix, data, x, y, device, loss_fn)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
