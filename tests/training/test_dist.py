@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import make_folder, tiny_config
+from tests.conftest import REPO, make_folder, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
@@ -30,7 +29,7 @@ def _port() -> int:
 
 
 def _env(cache: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MOBILETUNE_CACHE": str(cache),
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MOBILETUNE_CACHE": str(cache),
            "OMP_NUM_THREADS": "1", "MOBILETUNE_DIST_TIMEOUT_MIN": "2"}
     env.pop("RANK", None)
     return env
@@ -39,7 +38,7 @@ def _env(cache: Path) -> dict:
 def _launch(args: list[str], cache: Path, log: Path, **launcher) -> subprocess.Popen:
     opts = launcher or {"nproc-per-node": 2, "master-addr": "127.0.0.1", "master-port": _port()}
     cmd = TORCHRUN + [f"--{k}={v}" for k, v in opts.items()] + ["-m", "mobiletune"] + args
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(cache), stdout=log.open("w"),
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(cache), stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
 
 
