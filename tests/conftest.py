@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]  # the checkout: import this, never count parents
+SHARED = REPO.parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_offline.pth"
 HYMENOPTERA = SHARED / "datasets" / "hymenoptera"
 

@@ -19,7 +19,7 @@ from mobiletune.errors import INTERRUPT, TrainingInterrupted
 from mobiletune.training import run as pipeline
 from mobiletune.training import runstate
 from mobiletune.training.stage import Callbacks
-from tests.conftest import make_folder, make_image
+from tests.conftest import REPO, make_folder, make_image
 from tests.helpers_robust import (
     invoke,
     one_thread,  # noqa: F401 (autouse fixture)
@@ -28,7 +28,6 @@ from tests.helpers_robust import (
 )
 from tests.helpers_runs import live_weights
 
-REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {"train": {"epochs": 2, "lr": 0.1}, "finetune": {"unfreeze": 2, "epochs": 2, "lr": 0.01}}
 
 

@@ -1,4 +1,5 @@
-"""evaluate and export never replace earlier results: a new folder each time, or --force."""
+"""evaluate never replaces earlier results: a new folder each time, or --force (export:
+tests/deploy/test_no_replace.py)."""
 
 from __future__ import annotations
 
@@ -46,16 +47,3 @@ def test_evaluating_an_export_writes_beside_not_over(run):
     assert (run / "eval" / "report.html").is_file() and (run / "eval-2" / "report.html").is_file()
     info = json.loads((run / "eval-2" / "metrics.json").read_text())
     assert info["source"].startswith(str(run / "splits.csv"))  # the run was found from export/
-
-
-def test_second_export_does_not_replace_the_first(run):
-    invoke(["export", "--format", "onnx", "--checkpoint", run], 0)
-    first = run / "export" / "model.onnx"
-    stamp = first.stat().st_mtime_ns
-    res = invoke(["export", "--format", "onnx", "--checkpoint", run], 0)
-    assert first.stat().st_mtime_ns == stamp
-    assert (run / "export-2" / "model.onnx").is_file() and "export-2" in res.stdout
-    res = invoke(["export", "--format", "onnx", "--checkpoint", run, "--out", first], 2)
-    assert "--force" in res.stderr and first.stat().st_mtime_ns == stamp
-    invoke(["export", "--format", "onnx", "--checkpoint", run, "--out", first, "--force"], 0)
-    assert first.stat().st_mtime_ns != stamp

@@ -19,7 +19,7 @@ from tests.helpers_robust import (
     one_thread,  # noqa: F401 (autouse fixture)
     write_config,
 )
-from tests.test_resume import StopAt
+from tests.training.test_resume import StopAt
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
-"""Issue 10: converge by default, select by val loss, one true number, finetune keeps its
-parent, temperature scaling applied exactly once, an interval on every accuracy."""
+"""How a run ends (issue 10): epochs until val loss stalls by default, best.pt is the
+epoch of lowest val loss, one number in the log, best.pt and evaluate, temperature scaling
+folded in exactly once (and unfolded for a finetune), a finetune that keeps its parent when
+it cannot beat it. The temperature fit and the accuracy interval themselves:
+tests/evaluation/test_calibration.py and test_metrics.py."""
 
 from __future__ import annotations
 
@@ -7,21 +10,11 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torchvision import models
 
 from mobiletune.config.load import load_config
-from mobiletune.evaluation.calibration import (
-    calibration_errors,
-    choose_temperature,
-    cross_fit_probs,
-    fit_temperature,
-    halves,
-    softmax,
-)
-from mobiletune.evaluation.metrics import expected_calibration_error, wilson_interval
 from mobiletune.model.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiletune.predict.predictor import load
 from mobiletune.training import finish, stage
@@ -53,53 +46,6 @@ def live(tmp_path):
     weights = _live_weights(tmp_path / "w.pth")
     return {"model": {"arch": "mobilenet_v3_small", "weights": str(weights)},
             "data": {"val_split": 0.4, "augment": "none"}}, data
-
-
-def test_wilson_interval_known_values():
-    lo, hi = wilson_interval(65, 65)
-    assert hi == 1.0 and lo == pytest.approx(65 / (65 + 1.959964 ** 2), abs=1e-6)
-    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
-    lo, hi = wilson_interval(62, 65)  # asymmetric, and inside [0, 1]
-    assert 0.87 < lo < 62 / 65 < hi < 0.99 and (62 / 65 - lo) > (hi - 62 / 65)
-
-
-def test_temperature_fit_and_cross_fit():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 3000)
-    z = rng.normal(size=(3000, 3))
-    z[np.arange(3000), y] += 1.5
-    t1 = fit_temperature(z, y)
-    assert fit_temperature(z * 4, y) == pytest.approx(4 * t1, rel=1e-3)  # finds the scale
-    over = z * 4  # overconfident logits: held-out calibration must help
-    assert expected_calibration_error(cross_fit_probs(over, y), y) < \
-        0.5 * expected_calibration_error(softmax(over), y)
-    a, b = halves([0, 0, 1, 1, 1, 1])  # alternating within each class
-    assert a.tolist() == [0, 2, 4] and b.tolist() == [1, 3, 5]
-    e = calibration_errors(softmax(over), y, None, True)  # uncalibrated checkpoint
-    assert e["ece"] == e["ece_uncalibrated"]
-    right = np.eye(3)[y] * 5  # no val errors: the NLL falls forever as T -> 0; do not sharpen
-    assert fit_temperature(right, y) == 1.0
-    right[0] = np.roll(right[0], 1)  # one error among 3000: sharpen at most 2x
-    assert fit_temperature(right, y) >= 0.5
-
-
-def test_temperature_is_kept_only_when_it_helps_held_out_images():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 400)
-    z = rng.normal(size=(400, 3))
-    z[np.arange(400), y] += 1.5
-    assert choose_temperature(z * 4, y) == pytest.approx(fit_temperature(z * 4, y))  # helps
-    # Half the images confidently right, the other half confidently wrong on some: the
-    # fit on all softens, which costs the confident half more than the fit saves on the
-    # other, as each half's T shows on the other half. Declined: T = 1.
-    y = np.array([0, 1] * 8)
-    z = np.eye(2)[y] * 8.0
-    _, b = halves(y)
-    z[b[:3]] = z[b[:3]][:, ::-1]  # three confident mistakes, all in half b
-    assert fit_temperature(z, y) > 1.5
-    assert choose_temperature(z, y) == 1.0
-    e = calibration_errors(softmax(z), y, 1.0, True)  # nothing fitted: no cross-fit either
-    assert e["ece"] == e["ece_uncalibrated"]
 
 
 def test_default_epochs_are_auto():
@@ -159,7 +105,7 @@ def test_train_log_best_pt_and_evaluate_agree(tmp_path, live):
 
 
 def test_temperature_is_folded_once_and_unfolded_for_finetune(tmp_path, live, monkeypatch):
-    # a fixed T (its fit is tested above): a tiny run with no val errors would fit T = 1
+    # a fixed T (its fit: tests/evaluation/test_calibration.py): a tiny run with no val errors would fit T = 1
     monkeypatch.setattr(finish, "choose_temperature", lambda logits, labels: 2.5)
     run, best = _trained(tmp_path, live)
     t = best["temperature"]

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from mobiletune.data.checkdata import check_data, hamming, phash
 from mobiletune.errors import DataError
+from tests.conftest import HYMENOPTERA
 
 
 def smooth_image(rng: np.random.Generator, size: int = 64) -> Image.Image:
@@ -162,8 +163,7 @@ def test_cli_exit_codes_and_json(clean: Path, tmp_path: Path):
 
 @pytest.mark.integration
 def test_hymenoptera_clean_and_three_planted_copies_found(tmp_path: Path):
-    shared = Path(__file__).resolve().parents[1].parent / "shared"
-    src = shared / "datasets" / "hymenoptera"
+    src = HYMENOPTERA
     if not src.is_dir():
         pytest.skip(f"integration data not found at {src}")
     root = tmp_path / "hym"  # links to the real photos: /work/shared is never modified

@@ -1,4 +1,5 @@
-"""Metrics against a confusion matrix and scores worked out by hand."""
+"""Metrics against a confusion matrix and scores worked out by hand; the Wilson interval
+on accuracy against known values."""
 
 from __future__ import annotations
 
@@ -106,3 +107,11 @@ def test_metrics_agree_with_brute_force(case):
     assert out["top_k"]["top_1"] == pytest.approx(out["accuracy"])
     # every sample sits at confidence 0.9, so ECE is |accuracy - 0.9|
     assert out["ece"] == pytest.approx(abs(out["accuracy"] - 0.9))
+
+
+def test_wilson_interval_known_values():
+    lo, hi = metrics.wilson_interval(65, 65)
+    assert hi == 1.0 and lo == pytest.approx(65 / (65 + 1.959964 ** 2), abs=1e-6)
+    assert metrics.wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    lo, hi = metrics.wilson_interval(62, 65)  # asymmetric, and inside [0, 1]
+    assert 0.87 < lo < 62 / 65 < hi < 0.99 and (62 / 65 - lo) > (hi - 62 / 65)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_folder, tiny_config
 from PIL import Image
 
 from mobiletune.evaluation import report
 from mobiletune.evaluation.metrics import classification_metrics
+from tests.conftest import make_folder, tiny_config
 
 HEADER = "stage,epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
 

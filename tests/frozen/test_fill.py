@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from mobiletune import parallel
 from mobiletune.data.images import load_image
 from mobiletune.data.transforms import pixel_views
 from mobiletune.errors import DataError
@@ -66,38 +68,81 @@ def test_the_engine_is_built_once_while_decoding_starts(tmp_path):
     assert fill(store, [], lambda: built.append(1) or _means) == 0 and built == [1]
 
 
-def _overlap_engine(concurrent: bool):
-    """An engine that records how many of its calls ran at the same time."""
-    import threading
-    import time
+WAIT_S = 10  # a bound, not a pace: a broken fill fails after it instead of hanging
 
-    state = {"now": 0, "most": 0}
-    lock = threading.Lock()
+
+class _Calls:
+    """The engine's calls in progress, and the workers queued on the lock that fill hands to
+    parallel.calling (its `with` enters this wrapper around that lock)."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.now = self.most = self.calls = self.queued = 0
+        self.lock: threading.Lock | None = None
+
+    def around(self, lock: threading.Lock) -> _Calls:
+        assert self.lock in (None, lock)  # one fill, one lock
+        self.lock = lock
+        return self
+
+    def __enter__(self) -> None:
+        with self.changed:
+            self.queued += 1
+            self.changed.notify_all()
+        self.lock.acquire()
+        with self.changed:
+            self.queued -= 1
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
+def _engine(calls: _Calls, concurrent: bool):
+    """A concurrent engine's calls meet at a barrier that only three calls in progress at
+    once can pass. A non-concurrent engine's first call returns only once the two other
+    workers are queued on the lock (their calls can then only follow it) or inside the
+    engine beside it (which the test then sees)."""
+    meet = threading.Barrier(3, timeout=WAIT_S)
 
     def engine(x):
-        with lock:
-            state["now"] += 1
-            state["most"] = max(state["most"], state["now"])
-        time.sleep(0.05)
-        with lock:
-            state["now"] -= 1
-        return _means(x)
+        with calls.changed:
+            calls.now += 1
+            calls.calls += 1
+            calls.most = max(calls.most, calls.now)
+            first = calls.calls == 1
+            calls.changed.notify_all()
+        try:
+            if concurrent:
+                meet.wait()  # BrokenBarrierError unless 3 calls run at once
+            elif first:
+                with calls.changed:
+                    both = calls.changed.wait_for(
+                        lambda: calls.queued == 2 or calls.now > 1, WAIT_S)
+                assert both, "the other two workers never reached the engine"
+            return _means(x)
+        finally:
+            with calls.changed:
+                calls.now -= 1
 
     engine.concurrent = concurrent
-    return engine, state
+    return engine
 
 
 @pytest.mark.parametrize("concurrent", [False, True])
 def test_only_a_concurrent_engine_is_called_from_several_workers(tmp_path, monkeypatch, concurrent):
     """One worker per core decodes and runs the engine; an engine that uses every core
-    itself (not `concurrent`) must run one call at a time, or threads oversubscribe."""
+    itself (not `concurrent`) must run one call at a time, or threads oversubscribe. No
+    sleeps: the engine waits for the other workers (see _engine), so what it counts does
+    not depend on how fast the machine is."""
     monkeypatch.setattr("mobiletune.frozen.fill.workers", lambda: 3)
+    calls = _Calls()
+    monkeypatch.setattr("mobiletune.frozen.fill.calling",
+                        lambda fn, lock: parallel.calling(fn, calls.around(lock)))
     paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(9)]
     store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
-    engine, state = _overlap_engine(concurrent)
     jobs = [(p, "eval") for p in paths]
-    assert fill(store, jobs, lambda: engine, batch=1) == 9
-    assert state["most"] == (3 if concurrent else 1)
+    assert fill(store, jobs, lambda: _engine(calls, concurrent), batch=1) == 9
+    assert calls.calls == 9 and calls.most == (3 if concurrent else 1)
     assert store.missing(jobs) == []
 
 
