@@ -33,6 +33,9 @@ def _env(cache: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MOBILETUNE_CACHE": str(cache),
            "OMP_NUM_THREADS": "1", "MOBILETUNE_DIST_TIMEOUT_MIN": "2"}
     env.pop("RANK", None)
+    tmp = cache.parent / "tmp"  # torchrun's torchelastic_* folders stay in the test's tmp_path
+    tmp.mkdir(parents=True, exist_ok=True)
+    env["TMPDIR"] = str(tmp)
     return env
 
 
