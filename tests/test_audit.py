@@ -192,3 +192,16 @@ def test_audit_finds_flipped_hymenoptera_labels(tmp_path):
             "-q"], 0)
     top = [r["path"] for r in _rows(tmp_path / "runs" / "t-audit" / "suspects.csv")][:6]
     assert {str(tmp_path / "d" / "bees" / p.name) for p in ants[:3]} <= set(top)
+
+
+def test_python_api(tmp_path):
+    import mobiletune
+
+    data = make_folder(tmp_path / "data", ("a", "b"), per_class=4, size=40)
+    m = live_v2(tmp_path)
+    res = mobiletune.audit(data, folds=2, curve=False, overrides={
+        "model.arch": m["arch"], "model.weights": m["weights"], "output": str(tmp_path / "o"),
+        "device": "cpu", "data.image_size": 32, "data.workers": 0, "train.epochs": 1})
+    assert res.dir == tmp_path / "o" / "run-audit" and res.n_images == 8 and res.k == 2
+    assert (res.dir / "suspects.csv").is_file() and res.curve is None
+    assert [s.rank for s in res.suspects] == list(range(1, len(res.suspects) + 1))

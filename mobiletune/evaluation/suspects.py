@@ -132,9 +132,11 @@ def headline(suspects: Sequence[Suspect], n_images: int) -> str:
             f"of fold; confident learning expects {c['confident']} label error"
             f"{'s' if c['confident'] != 1 else ''}. By margin: {c['strong']} strong "
             f"(>= {STRONG}), {c['likely']} likely (>= {LIKELY}), {c['weak']} weak.")
-    if c["confident"] <= max(1, 0.005 * n_images) and not c["strong"]:
-        text += (" The labels look clean: these are hard or ambiguous images as much as "
-                 "possible mistakes.")
+    if c["confident"] <= max(1, 0.005 * n_images):
+        worth = (f" apart from {c['strong']} strong suspect{'s' if c['strong'] != 1 else ''} "
+                 "worth a look") if c["strong"] else ""
+        text += (f" The labels look clean{worth}: the rest are hard or ambiguous images as "
+                 "much as possible mistakes.")
     else:
         text += " Start with the strong ones."
     return text
