@@ -82,13 +82,14 @@ def cfg_for(data: Path, out: Path, name: str):
 
 
 def bench(name: str, seeds: list[int], rates: list[float], work: Path) -> dict:
+    import numpy as np
+
+    from mobiletune.data.samples import Sample
     from mobiletune.training.audit import audit
     from mobiletune.training.curve import learning_curve
     from mobiletune.training.folds import assign_folds
     from mobiletune.training.heads import load_features
     from mobiletune.training.run import scan_config
-    from mobiletune.data.samples import Sample
-    import numpy as np
 
     src = SHARED / "datasets" / name
     clean = work / name / "clean"
@@ -107,7 +108,8 @@ def bench(name: str, seeds: list[int], rates: list[float], work: Path) -> dict:
     clean_summary = json.loads((runs / "clean-audit" / "audit.json").read_text())
     import csv
 
-    clean_s = list(csv.DictReader(open(runs / "clean-audit" / "suspects.csv")))
+    with open(runs / "clean-audit" / "suspects.csv", newline="") as fh:
+        clean_s = list(csv.DictReader(fh))
     mean_margin = (sum(float(r["margin"]) for r in clean_s) / len(clean_s)) if clean_s else 0.0
 
     recall: dict[float, list[float]] = {r: [] for r in rates}
@@ -174,8 +176,8 @@ def main() -> None:
         cells = [r["name"], str(r["n"])]
         cells += [f"{sum(v) / len(v):.0%} ({', '.join(f'{x:.2f}' for x in v)})"
                   for v in r["recall"].values()]
-        cells += [f"{c['total']} ({c['strong']}/{c['likely']}/{c['weak']}), "
-                  f"{r['clean_margin']:.2f}", f"{r['oof_acc']:.3f}",
+        cells += [(f"{c['total']} ({c['strong']}/{c['likely']}/{c['weak']}), "
+                   f"{r['clean_margin']:.2f}"), f"{r['oof_acc']:.3f}",
                   f"{p:.1%} [{lo:.1%}-{hi:.1%}] vs {m:.1%} ({ok})", f"{r['t_train']:.1f}",
                   f"{r['t_audit']:.1f} ({r['t_audit'] / r['t_train']:.1f}x)",
                   f"{r['t_curve']:.1f} ({r['t_curve'] / r['t_train']:.1f}x)"]

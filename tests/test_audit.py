@@ -98,7 +98,7 @@ def test_power_law_fit_recovers_known_parameters():
     law = fit_power_law(n, 0.93 - 0.9 * n ** -0.5)
     assert (law.a, law.b, law.c) == pytest.approx((0.93, 0.9, 0.5), abs=0.02)
     # binomial noise around a known curve: the 2x forecast's interval covers the truth
-    truth = lambda m: 0.9 - 1.2 * np.asarray(m, float) ** -0.7  # noqa: E731
+    truth = lambda m: 0.9 - 1.2 * np.asarray(m, float) ** -0.7
     rng = np.random.default_rng(0)
     total = np.full((15, len(n)), 200)
     correct = rng.binomial(200, np.tile(truth(n), (15, 1)))
@@ -122,7 +122,8 @@ def _audit_dirs(out: Path) -> list[Path]:
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(open(path, newline="")))
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_audit_end_to_end_never_overwrites(tmp_path):
@@ -137,7 +138,8 @@ def test_audit_end_to_end_never_overwrites(tmp_path):
     probs = _rows(first / "probabilities.csv")
     assert len(probs) == 16 and {r["given"] for r in probs} == {"a", "b"}
     assert len({r["a"] for r in probs}) > 4  # out-of-fold outputs vary across images
-    header = next(csv.reader(open(first / "suspects.csv")))
+    with open(first / "suspects.csv", newline="") as f:
+        header = next(csv.reader(f))
     assert header == ["rank", "path", "given", "suggested", "p_given", "p_suggested", "margin",
                       "confident"]
     page = (first / "audit.html").read_text()

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mobiletune.evaluation.report import _CSS, _short, png_uri, thumbnail_uri
 from mobiletune.evaluation.suspects import LIKELY, STRONG, counts, headline

@@ -10,8 +10,8 @@ Pure numpy; the measured points come from training/curve.py.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -58,7 +58,12 @@ def audit(cfg: Config, k: int = DEFAULT_FOLDS, curve: bool = True,
     `<output>/<name>-audit` (then -audit-2, ...): suspects.csv, audit.html, audit.json,
     and with `curve` learning_curve.png/.csv. Returns what it found."""
     from mobiletune.evaluation.audit_page import write_audit_page
-    from mobiletune.evaluation.suspects import SUSPECTS_HEADER, counts, find_suspects, headline
+    from mobiletune.evaluation.suspects import (
+        SUSPECTS_HEADER,
+        counts,
+        find_suspects,
+        headline,
+    )
     from mobiletune.training import curve as lc
     from mobiletune.training.folds import assign_folds, check_folds
     from mobiletune.training.run import scan_config
