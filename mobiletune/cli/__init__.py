@@ -2,6 +2,7 @@
 none imports torch at module level, so `--help` answers instantly."""
 
 from mobiletune.cli import (
+    audit_cmd,  # noqa: F401,E402
     checkdata_cmd,  # noqa: F401,E402
     evaluate_cmd,  # noqa: F401,E402
     explain_cmd,  # noqa: F401,E402
