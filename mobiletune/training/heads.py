@@ -20,6 +20,7 @@ import torch
 
 from mobiletune.config.schema import Config
 from mobiletune.data.samples import Sample, ScanResult
+from mobiletune.training.lr_find import FALLBACK
 from mobiletune.training.stage import Callbacks, StageSpec, StageState
 
 
@@ -74,7 +75,10 @@ def load_features(cfg: Config, data: ScanResult, callbacks: Callbacks
     feats = Features(list(data.classes), [s.path for s in every],
                      np.array([s.label for s in every], np.int64),
                      _as_array(feed.train), _as_array(feed.val))
-    return feats, Heads(model, plan(cfg)[0], cfg, device)
+    spec = plan(cfg)[0]
+    if spec.lr is None:  # lr: auto: the head stage's rate by hand; K folds need one rate
+        spec = dataclasses.replace(spec, lr=FALLBACK["head"])
+    return feats, Heads(model, spec, cfg, device)
 
 
 class _Quiet(Callbacks):

@@ -19,7 +19,7 @@ from tests.conftest import make_folder, tiny_config
 from tests.helpers_robust import invoke, write_config
 from tests.helpers_runs import make_live_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
