@@ -81,3 +81,11 @@ def cache_fill(store, jobs, engine, batch: int = 32) -> int:
 def cache_entry(store, path: str, kind: str):
     """One stored entry, [rows, *feature]."""
     return store.entries([(path, kind)]).block(0, 1)[0]
+
+
+@pytest.fixture
+def live_run(tmp_path: Path) -> Path:
+    """A 32 px run directory whose model's outputs vary across images (helpers_runs)."""
+    from tests.helpers_runs import make_live_run
+
+    return make_live_run(tmp_path, size=32)

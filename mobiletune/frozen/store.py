@@ -69,6 +69,7 @@ class PackStore:
         self._buffered = 0
         self._known: dict[str, list[str]] = {}  # pack name -> keys (packs never change)
         self._mmaps: dict[str, np.ndarray] = {}
+        self._orphans_checked = False  # once per store: index() runs on every has/entries
 
     # -- what exists --------------------------------------------------------------------
     def index(self) -> dict[str, tuple[str, int]]:
@@ -90,6 +91,9 @@ class PackStore:
     def _orphans(self) -> None:
         """A .npy whose index is gone (deleted, or lost in a copy) is set aside, once the
         writer that made it has surely written its index (which comes milliseconds after)."""
+        if self._orphans_checked:
+            return
+        self._orphans_checked = True
         for npy in self.dir.glob("*.npy"):
             try:
                 old = time.time() - npy.stat().st_mtime > ORPHAN_AFTER_S

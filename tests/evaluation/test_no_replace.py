@@ -12,12 +12,11 @@ from tests.helpers_robust import (
     invoke,
     one_thread,  # noqa: F401 (autouse fixture)
 )
-from tests.helpers_runs import make_live_run
 
 
 @pytest.fixture
-def run(tmp_path: Path) -> Path:
-    return make_live_run(tmp_path, size=32)
+def run(live_run: Path) -> Path:
+    return live_run
 
 
 def test_evaluate_twice_keeps_the_first_results(run):
