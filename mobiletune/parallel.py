@@ -39,8 +39,10 @@ def calling(engine, lock: threading.Lock) -> contextlib.AbstractContextManager:
 class Completed:
     """(chunk, work(chunk)) for every chunk, in the order they finish, with at most `window`
     in flight; the first `window` start at once, before the caller iterates. The first
-    failure is raised once the chunks finished beside it have come out. `close()` (or any
-    exit from a `for` over it) starts nothing more; what is running finishes unreported."""
+    failure is raised once every chunk already running beside it has finished and come out
+    (a fill stores them: an error never throws away work that completes). `close()` (or any
+    other exit from a `for` over it) starts nothing more; what is running finishes
+    unreported."""
 
     def __init__(self, pool: ThreadPoolExecutor, work: Callable[[C], R], chunks: list[C],
                  window: int) -> None:
@@ -59,11 +61,23 @@ class Completed:
                     elif failure is None:
                         failure = f.exception()
                 if failure is not None:
+                    yield from self._drain()
                     raise failure
                 for c in itertools.islice(self.rest, len(done)):
                     self.pending[self.pool.submit(self.work, c)] = c
         finally:
             self.close()
+
+    def _drain(self) -> Iterator[tuple[C, R]]:
+        """The chunks still running, once they finish (their own failures dropped: the
+        first one is what the caller hears about)."""
+        self.rest = iter(())
+        for f in [f for f in self.pending if f.cancel()]:
+            del self.pending[f]
+        for f in wait(self.pending).done:
+            chunk = self.pending.pop(f)
+            if f.exception() is None:
+                yield chunk, f.result()
 
     def close(self) -> None:
         for f in self.pending:

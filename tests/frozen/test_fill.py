@@ -59,6 +59,35 @@ def test_an_image_that_no_longer_decodes_is_a_data_error_and_earlier_work_is_kep
     assert left == jobs[4:]  # the two batches before the bad image were stored
 
 
+def test_a_chunk_still_running_when_another_fails_is_kept(tmp_path, monkeypatch):
+    """The order the old test left to chance: the first chunk is still decoding when the
+    bad image's chunk fails. It finishes, and is stored, before the error is raised."""
+    from mobiletune.frozen import fill as fill_module
+
+    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(6)]
+    Path(paths[4]).write_bytes(b"not a jpeg any more")
+    failed = threading.Event()
+    decode = fill_module.decode_views
+
+    def slow_first(store, job):
+        if job[0] == paths[0]:
+            assert failed.wait(10), "the bad chunk never ran"
+        try:
+            return decode(store, job)
+        except DataError:
+            failed.set()
+            raise
+
+    monkeypatch.setattr(fill_module, "decode_views", slow_first)
+    monkeypatch.setattr(fill_module, "workers", lambda: 2)
+    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
+    jobs = [(p, "eval") for p in paths]
+    with pytest.raises(DataError, match="4.jpg"):
+        fill(store, jobs, lambda: _means, batch=2)
+    left = FeatureCache(tmp_path / "c", "p", PRE, "none", 1).missing(jobs)
+    assert left == jobs[4:]
+
+
 def test_the_engine_is_built_once_while_decoding_starts(tmp_path):
     paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(3)]
     store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
