@@ -1,10 +1,11 @@
-"""mobiletune vs. a hand-written PyTorch loop and PyTorch Lightning, side by side in one process.
+"""mobiletune vs. a hand-written PyTorch loop, PyTorch Lightning and fastai, side by side in one process.
 
     .venv/bin/python benchmarks/bench_train.py [--head-epochs 10] [--ft-head 5] [--ft-epochs 3]
                                                [--views K] [--only head|finetune] [--skip-throughput]
 
-Needs the bench extra for the Lightning row (`pip install -e '.[bench]'`; without it that row
-is left out). On ../shared hymenoptera with the offline MobileNetV2 weights, each contender
+Needs the bench extra for the Lightning and fastai rows (`pip install -e '.[bench]'`; without
+it those rows are left out); the peers live in benchmarks/peers.py. On ../shared hymenoptera
+with the offline MobileNetV2 weights (fastai: the same network with BatchNorm statistics), each contender
 runs (a) head-only training and (b) head + finetune (last 3 blocks) with the same data,
 epochs and weights, and the table gives seconds, final val accuracy, the time at which val
 accuracy first reached 0.94, and the speed-up of mobiletune. mobiletune starts from an empty
@@ -25,158 +26,18 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch import nn
-from torchvision import datasets, models
-from torchvision import transforms as T
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_offline.pth"
-DATA = SHARED / "datasets" / "hymenoptera"
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import (  # benchmarks/ is sys.path[0]
+    DATA,
+    WEIGHTS,
+    Result,
+    fastai_run,
+    hand_written,
+    lightning_run,
+)
+
 TARGET = 0.94  # val accuracy for the "time to" column
-
-
-class Result:
-    """Wall time, final val accuracy, and (seconds since start, val acc) after each epoch."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.curve: list[tuple[float, float]] = []
-        self.seconds = 0.0
-
-    def epoch(self, acc: float) -> None:
-        self.curve.append((time.perf_counter() - self.start, acc))
-
-    def done(self) -> "Result":
-        self.seconds = time.perf_counter() - self.start
-        return self
-
-    @property
-    def acc(self) -> float:
-        return self.curve[-1][1] if self.curve else float("nan")
-
-    def time_to(self, target: float) -> float | None:
-        return next((t for t, a in self.curve if a >= target), None)
-
-
-def _loaders():
-    tf_train = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
-                          T.Normalize(MEAN, STD)])
-    tf_val = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
-    train = datasets.ImageFolder(DATA / "train", tf_train)
-    val = datasets.ImageFolder(DATA / "val", tf_val)
-    return (torch.utils.data.DataLoader(train, batch_size=32, shuffle=True, num_workers=1),
-            torch.utils.data.DataLoader(val, batch_size=32, num_workers=1), len(train.classes))
-
-
-def _pretrained(classes: int) -> nn.Module:
-    model = models.mobilenet_v2()
-    model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
-    model.classifier[-1] = nn.Linear(1280, classes)
-    return model
-
-
-def hand_written(head_epochs: int, ft_epochs: int, seed: int = 0) -> Result:
-    """The baseline: the transfer-learning tutorial's loop, frozen BN, full forward per step."""
-    res = Result()
-    torch.manual_seed(seed)
-    tl, vl, classes = _loaders()
-    model = _pretrained(classes)
-    for stage, epochs, lr in (("head", head_epochs, 1e-3), ("ft", ft_epochs, 1e-5)):
-        model.requires_grad_(False)
-        trainable = [model.classifier] + ([model.features[-3:]] if stage == "ft" else [])
-        for m in trainable:
-            m.requires_grad_(True)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-        for _ in range(epochs):
-            model.train()
-            for m in model.modules():  # hold every BatchNorm in eval mode
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-            for x, y in tl:
-                loss = nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            res.epoch(_accuracy(model, vl))
-    return res.done()
-
-
-def _accuracy(model: nn.Module, loader) -> float:
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += len(y)
-    return correct / total
-
-
-def lightning_run(head_epochs: int, ft_epochs: int, seed: int = 0) -> Result | None:
-    """The same job as many users write it: a LightningModule and Lightning's
-    BackboneFinetuning callback, which unfreezes `backbone` (here the last 3 blocks) after
-    the head epochs. Every BatchNorm is held in eval mode, as in the other two: with
-    train_bn=False alone, Lightning's frozen BatchNorm stops tracking statistics but still
-    normalizes training batches with their own (Lightning issue 15062); measured, 0.54 val
-    accuracy after one head epoch where the other two reach 0.7-0.9."""
-    try:
-        import lightning as L
-        from lightning.pytorch.callbacks import BackboneFinetuning
-    except ImportError:
-        return None
-    import logging
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    res = Result()
-    L.seed_everything(seed, verbose=False)
-    tl, vl, classes = _loaders()
-    model = _pretrained(classes)
-
-    class Classifier(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.frozen = model.features[:-3].requires_grad_(False)
-            self.backbone = model.features[-3:]  # what BackboneFinetuning freezes, then unfreezes
-            self.head = model.classifier
-
-        def forward(self, x):
-            with torch.no_grad():
-                x = self.frozen(x)
-            x = nn.functional.adaptive_avg_pool2d(self.backbone(x), 1).flatten(1)
-            return self.head(x)
-
-        def on_train_epoch_start(self) -> None:
-            for m in self.modules():  # after Lightning's model.train()
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-
-        def training_step(self, batch, _):
-            x, y = batch
-            return nn.functional.cross_entropy(self(x), y)
-
-        def validation_step(self, batch, _):
-            x, y = batch
-            self.log("val_acc", (self(x).argmax(1) == y).float().mean(), on_epoch=True)
-
-        def configure_optimizers(self):
-            trainable = [p for p in self.parameters() if p.requires_grad]
-            return torch.optim.AdamW(trainable, lr=1e-3, weight_decay=1e-4)
-
-    class Curve(L.Callback):
-        def on_validation_epoch_end(self, trainer, pl_module) -> None:
-            if not trainer.sanity_checking:
-                res.epoch(float(trainer.callback_metrics["val_acc"]))
-
-    finetune = BackboneFinetuning(unfreeze_backbone_at_epoch=head_epochs if ft_epochs else 10**6,
-                                  backbone_initial_lr=1e-5, initial_denom_lr=1.0, train_bn=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(max_epochs=head_epochs + ft_epochs, accelerator="cpu", devices=1,
-                            callbacks=[finetune, Curve()], default_root_dir=tmp,
-                            enable_progress_bar=False, enable_model_summary=False)
-        trainer.fit(Classifier(), tl, vl)
-    return res.done()
 
 
 def ours(head_epochs: int, ft_epochs: int, views: int | None) -> Result:
@@ -302,12 +163,13 @@ def main() -> None:
     jobs = [j for j in jobs if args.only != ("finetune" if j[2] == 0 else "head")]
     contenders = {"mobiletune": lambda he, fe: ours(he, fe, args.views),
                   "hand-written loop": hand_written,
-                  "Lightning + BackboneFinetuning": lightning_run}
+                  "Lightning + BackboneFinetuning": lightning_run,
+                  "fastai vision_learner + fine_tune": fastai_run}
     for label, he, fe in jobs:
         me = None
         for name, fn in contenders.items():
             r = fn(he, fe)
-            if r is None:  # no lightning installed
+            if r is None:  # its library is not installed
                 continue
             me = me or r
             ratio = "" if r is me else f"{r.seconds / me.seconds:.1f}x"
