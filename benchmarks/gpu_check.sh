@@ -9,7 +9,9 @@
 # (DEVICE=cpu SIZES=200 SKIP_TESTS=1 rehearses the script on a machine without a GPU.)
 #
 # Steps: 1. environment (GPU, versions, which optional packages import);
-#        2. bench_scale.py on CUDA, 1k and 5k images (needs torch, torchvision, numpy, PIL);
+#        2. bench_fill.py on CUDA: fill rate by worker count, threads vs decoder processes,
+#           5k photo-size images (needs ../shared or ./shared for the photos and weights);
+#           bench_scale.py on CUDA, 1k and 5k images (needs torch, torchvision, numpy, PIL);
 #        3. `mobiletune train` (head + finetune) on CUDA under torchrun, then predict
 #           (needs typer, rich, yaml; hymenoptera from ../shared or ./shared if present,
 #           else a small synthetic folder);
@@ -41,6 +43,12 @@ for m in ("torchvision", "numpy", "PIL", "typer", "rich", "yaml", "onnxruntime",
 EOF
 CLI_OK=1
 for m in typer rich yaml; do has $m || { CLI_OK=0; say "missing $m: the CLI steps are skipped"; }; done
+
+say "bench_fill on $DEVICE $(date -u +%T)"
+timeout 150 $PY benchmarks/bench_fill.py --device $DEVICE --images ${FILL_IMAGES:-5000} \
+    --workers ${FILL_WORKERS:-4 16} > "$OUT/bench_fill.log" 2>&1
+say "bench_fill exit $?"
+tail -n 12 "$OUT/bench_fill.log" >> "$OUT/summary.txt"
 
 say "bench_scale on $DEVICE, sizes $SIZES $(date -u +%T)"
 timeout 120 $PY benchmarks/bench_scale.py --device $DEVICE --sizes $SIZES --epochs 3 \

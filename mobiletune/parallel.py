@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from typing import Callable, Iterator, TypeVar
 
 import torch
@@ -44,7 +44,7 @@ class Completed:
     other exit from a `for` over it) starts nothing more; what is running finishes
     unreported."""
 
-    def __init__(self, pool: ThreadPoolExecutor, work: Callable[[C], R], chunks: list[C],
+    def __init__(self, pool: Executor, work: Callable[[C], R], chunks: list[C],
                  window: int) -> None:
         self.pool, self.work, self.rest = pool, work, iter(chunks[window:])
         self.pending: dict[Future, C] = {pool.submit(work, c): c for c in chunks[:window]}

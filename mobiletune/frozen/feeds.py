@@ -184,6 +184,7 @@ def _say_set_aside(callbacks) -> None:
 def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> None:
     """Every missing entry computed once: each rank fills its share, then all wait for the
     whole cache (the cache folder must be shared by every node)."""
+    from mobiletune.frozen.decoders import decoder_processes, fill_in_processes
     from mobiletune.frozen.engine import frozen_engine
     from mobiletune.frozen.fill import fill as fill_missing
 
@@ -196,10 +197,17 @@ def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> No
                              + (f" ({dist.world_size()} ranks)" if dist.active() else ""))
 
     def fill() -> None:
-        fill_missing(store, mine,  # the engine is exported while the first images decode
-                     lambda: frozen_engine(prefix, device, root, pre["crop"], pixels=pre,
-                                           concurrent=True),
-                     on_progress=lambda d, t: callbacks.on_progress("cache", d, t))
+        def engine():
+            return frozen_engine(prefix, device, root, pre["crop"], pixels=pre, concurrent=True)
+
+        def progress(done: int, total: int) -> None:
+            callbacks.on_progress("cache", done, total)
+
+        processes = decoder_processes(device, len(mine))
+        if processes:  # beside a GPU: decode in processes, big engine batches
+            fill_in_processes(store, mine, engine, processes=processes, on_progress=progress)
+        else:  # the engine is exported while the first images decode
+            fill_missing(store, mine, engine, on_progress=progress)
 
     dist.agree(fill)  # doubles as the barrier: every share is written
 

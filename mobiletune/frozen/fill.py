@@ -17,25 +17,28 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mobiletune.data.images import load_image
-from mobiletune.data.transforms import decode_side, pixel_views
-from mobiletune.errors import INTERRUPT, DataError
+from mobiletune.data.views import KeyedJob, Policy, decode_job
+from mobiletune.errors import INTERRUPT
 from mobiletune.frozen.store import Job, release_free_memory
 from mobiletune.parallel import Completed, calling, workers
 
 BATCH = 16  # views per engine call: as fast per view as 32 on one thread, half the tail
 
 
+def policy(store) -> Policy:
+    """What a store's entries depend on besides the image: the views' recipe."""
+    return store.pre, store.augment, store.views
+
+
+def keyed(store, job: Job) -> KeyedJob:
+    """`job` with the content key that seeds its random views ("" where none are drawn)."""
+    path, kind = job
+    return path, kind, store.key(path) if kind == "train" and store.augment != "none" else ""
+
+
 def decode_views(store, job: Job) -> list[np.ndarray]:
     """The uint8 HWC views of one job (transforms.pixel_views), as `store` keys and seeds them."""
-    path, kind = job
-    try:
-        img = load_image(path, decode_side(store.pre))
-    except Exception as e:  # noqa: BLE001 - PIL raises assorted errors on a changed file
-        raise DataError(f"{path} could not be decoded while caching ({e}); it changed since "
-                        "the scan: remove or replace it.") from None
-    key = store.key(path) if kind == "train" and store.augment != "none" else ""
-    return pixel_views(img, store.pre, store.augment, kind, store.views, key)
+    return decode_job(policy(store), keyed(store, job))
 
 
 def chunks(jobs: list[Job], views: int, batch: int) -> list[list[Job]]:
