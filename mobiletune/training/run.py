@@ -7,7 +7,6 @@ when its checkpoints reach the disk, is mobiletune/runstate.py.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import threading
 from pathlib import Path
@@ -37,7 +36,7 @@ from mobiletune.model.backbone import (
 )
 from mobiletune.model.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiletune.training.finish import finish_run, fold_temperature
-from mobiletune.training.lr_find import choose_lr
+from mobiletune.training.lr_find import auto_lr
 from mobiletune.training.runstate import Run
 from mobiletune.training.stage import (
     AUTO_FINETUNE,
@@ -152,12 +151,13 @@ def execute(run: Run, callbacks: Callbacks) -> Path:
             train_labels = [s.label for s in run.data.of("train")]
             weights = class_weights(train_labels, len(run.data.classes)) \
                 if run.cfg.data.balance == "weights" else None
+            started = False
             if spec.lr is None:
-                spec = _auto_lr(run, spec, feed, callbacks)
+                spec, started = auto_lr(run, spec, feed, callbacks, weights)
             with stage_threads(spec, feed, device):
                 state = fit_stage(run.model, spec, feed, seed=run.cfg.seed, device=device,
                                   state=run.state, save=run.save, callbacks=callbacks,
-                                  class_weights=weights)
+                                  class_weights=weights, announce=not started)
             final = run.stage_index == len(run.stages) - 1
             run.flush(hold_best=final)  # last.pt in case of an interrupt; best.pt once final
             if final:
@@ -186,27 +186,6 @@ def execute(run: Run, callbacks: Callbacks) -> Path:
         callbacks.on_message(line)
     run.log("done")
     return run.dir
-
-
-def _auto_lr(run: Run, spec: StageSpec, feed, callbacks: Callbacks) -> StageSpec:
-    """`lr: auto` for this stage: chosen by short trials (lr_find), then recorded where the
-    run's settings live: the stage (so last.pt resumes with it), config.yaml, train.log."""
-    with stage_threads(spec, feed, run.device):
-        lr, losses = choose_lr(run.model, spec, feed, run.device, run.cfg.seed)
-    spec = dataclasses.replace(spec, lr=lr)
-    run.stages[run.stage_index] = spec
-    section = "train" if spec.name == "head" else "finetune"
-    run.cfg = dataclasses.replace(run.cfg, **{section: dataclasses.replace(
-        getattr(run.cfg, section), lr=lr)})
-    if dist.is_main():
-        write_text(run.dir / "config.yaml", dump_yaml(run.cfg))
-    tried = ", ".join(f"{c:g} {v:.3f}" for c, v in losses.items())
-    text = f"learning rate (auto): {lr:g} for the {spec.name} stage" + (
-        f" (val loss after a short trial at each rate: {tried})" if tried else
-        " (the fixed default: no trials under torchrun)")
-    callbacks.on_message(text)
-    run.log(text)
-    return spec
 
 
 def _curves_meanwhile(run: Run, callbacks: Callbacks) -> threading.Thread | None:
