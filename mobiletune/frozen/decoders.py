@@ -8,8 +8,10 @@ release the GIL) the crop, flip and numpy glue hold it, and the project's own H2
 were 102-370 img/s from 16 cores. Worker processes decode truly in parallel; the main
 process concatenates their chunks into batches of `batch` views (the GPU engine's
 `TorchEngine` pins them, copies them asynchronously and runs float16 channels_last), and a
-writer thread stores the outputs. Workers start with `spawn` (forking a process that holds
-CUDA or OpenMP threads is unsafe) and ignore Ctrl-C: the main process owns the interrupt.
+writer thread stores the outputs. Workers are forked from a clean `forkserver` process that
+imported the decoding code once (forking a process that holds CUDA or OpenMP threads is
+unsafe; `spawn`, where there is no forkserver, makes every worker import torch itself), and
+they ignore Ctrl-C: the main process owns the interrupt.
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ def decoder_processes(device: torch.device, jobs: int) -> int:
     return max(2, (cores or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def _context() -> multiprocessing.context.BaseContext:
+    """forkserver with the decoding modules preloaded (workers fork ready to decode), or
+    spawn where the platform has no forkserver."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mobiletune.data.views", "mobiletune.vision"])
+    return ctx
+
+
 def _ignore_interrupt() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -64,7 +76,7 @@ def fill_in_processes(store, jobs: list[Job], make_engine: Callable[[], Callable
         return 0
     work = [[keyed(store, j) for j in group] for group in chunks(jobs, store.views, chunk)]
     done, writes = 0, []
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context()
     with ProcessPoolExecutor(processes, ctx, initializer=_ignore_interrupt) as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="cache-write") as writer:
         results = Completed(pool, functools.partial(decode_chunk, policy(store)), work,
