@@ -71,6 +71,12 @@ def needs_shared():
                                      "(weights/ and datasets/hymenoptera)")
 
 
+def means(x):
+    """A stand-in engine: per-channel means of uint8 NHWC pixels (images differ, so entries
+    that got mixed up show)."""
+    return x.float().mean(dim=(1, 2))
+
+
 def cache_fill(store, jobs, engine, batch: int = 32) -> int:
     """Compute and store the missing entries of `jobs` with `engine`, as a run's fill does."""
     from mobiletune.frozen.fill import fill

@@ -28,7 +28,7 @@ import torch
 
 from mobiletune.data.views import decode_chunk
 from mobiletune.errors import INTERRUPT, DataError
-from mobiletune.frozen.fill import chunks, keyed, policy
+from mobiletune.frozen.fill import chunks, keyed, policy, put_rows
 from mobiletune.frozen.store import Job
 from mobiletune.parallel import Completed
 
@@ -117,12 +117,6 @@ def _run(engine: Callable, pending: list, writer: ThreadPoolExecutor, store) -> 
     """One engine call on the decoded chunks in `pending`; their outputs go to the writer."""
     x = torch.from_numpy(np.concatenate([px for *_, px in pending]))
     out = engine(x).to(torch.float16).cpu().numpy()
-    return writer.submit(_put_all, store, [(g, c) for g, c, _ in pending], out)
-
-
-def _put_all(store, groups: list[tuple[list[Job], list[int]]], out: np.ndarray) -> None:
-    start = 0
-    for group, counts in groups:
-        for job, n in zip(group, counts):
-            store.put(job, out[start:start + n])
-            start += n
+    jobs = [job for group, _, _ in pending for job in group]
+    counts = [n for _, group_counts, _ in pending for n in group_counts]
+    return writer.submit(put_rows, store, jobs, counts, out)

@@ -74,7 +74,7 @@ def fill(store, jobs: list[Job], make_engine: Callable[[], Callable], *, batch: 
         try:
             _build(engine, make_engine)  # the export overlaps the first chunks' decoding
             for chunk, (counts, out) in results:
-                writes.append(writer.submit(_put, store, chunk, counts, out))
+                writes.append(writer.submit(put_rows, store, chunk, counts, out))
                 done += len(chunk)
                 if INTERRUPT.is_set():  # a Ctrl-C whose KeyboardInterrupt Python swallowed
                     raise KeyboardInterrupt
@@ -114,7 +114,9 @@ def _runner(store, engine: Future) -> Callable[[list[Job]], tuple]:
     return run
 
 
-def _put(store, group: list[Job], counts: list[int], out: np.ndarray) -> None:
+def put_rows(store, group: list[Job], counts: list[int], out: np.ndarray) -> None:
+    """Store the engine's output rows `out` as the entries of `group`, job i taking the next
+    `counts[i]` rows."""
     start = 0
     for job, n in zip(group, counts):
         store.put(job, out[start:start + n])

@@ -70,8 +70,9 @@ class RaceResult:
     laps: list[Lap]
     gain: tuple[float, float]  # the challenger's paired val-loss gain: (mean, standard error)
 
+
 # Around the rate that worked by hand (1e-3), half a decade apart; two epochs each.
-CANDIDATES = {"head": (3e-4, 1e-3, 3e-3, 1e-2)}
+HEAD_RATES = (3e-4, 1e-3, 3e-3, 1e-2)
 TRIAL_EPOCHS = 2.0
 # The finetune race: the two rates that measured best (bench_lr.py: 1e-4 or 3e-4 led on
 # grocery_produce, hymenoptera and issue 19's 10-class set; 1e-5 and 3e-5 never did), the
@@ -83,7 +84,8 @@ FALLBACK = {"head": 1e-3, "finetune": 1e-4}
 
 def choose_lr(model: nn.Module, spec: StageSpec, data: StageData, device, seed: int
               ) -> tuple[float, dict[float, float]]:
-    """(the chosen rate, val loss after each candidate's trial) for `spec`'s stage."""
+    """(the chosen rate, val loss after each candidate's trial) for a head stage; under
+    torchrun, for either stage, the fixed rate and no trials."""
     if dist.active():
         return FALLBACK[spec.name], {}
     configure_stage(model, spec.unfreeze, spec.train_bn)
@@ -92,7 +94,7 @@ def choose_lr(model: nn.Module, spec: StageSpec, data: StageData, device, seed: 
     start = copy.deepcopy(tail.state_dict())
     steps = max(1, math.ceil(data.steps_per_epoch * TRIAL_EPOCHS))
     losses: dict[float, float] = {}
-    for lr in CANDIDATES[spec.name]:
+    for lr in HEAD_RATES:
         tail.load_state_dict(start)
         _trial(model, tail, prefix, dataclasses.replace(spec, lr=lr), data, device, seed, steps)
         losses[lr] = evaluate(tail, prefix, data, device)[0]

@@ -22,7 +22,7 @@ from mobiletune.model.backbone import (
 )
 from mobiletune.training import run as pipeline
 from mobiletune.training.stage import Callbacks
-from tests.conftest import cache_entry, cache_fill, make_folder, make_image, tiny_config
+from tests.conftest import cache_entry, cache_fill, make_folder, make_image, means, tiny_config
 from tests.helpers_runs import live_model
 
 PRE = preprocess_spec("mobilenet_v3_small", "none", 32)
@@ -93,7 +93,7 @@ def test_prefix_cached_tail_equals_full_model():
 def test_changed_image_invalidates_its_entry(tmp_path):
     a, b = make_image(tmp_path / "a.jpg", seed=1), make_image(tmp_path / "b.jpg", seed=2)
     store = FeatureCache(tmp_path / "c", "p", PRE, "light", 2)
-    engine = _means
+    engine = means
     jobs = [(str(a), "train"), (str(b), "eval")]
     assert cache_fill(store, jobs, engine) == 2 and store.missing(jobs) == []
     before = np.array(cache_entry(store, str(a), "train"))
@@ -153,21 +153,17 @@ def test_cache_false_writes_nothing(tmp_path):
     assert (run / "best.pt").is_file()
 
 
-def _means(x):
-    return x.float().mean(dim=(1, 2))  # per-channel means of NHWC pixels: images differ
-
-
 def test_packed_entries_read_back_what_was_written(tmp_path):
     paths = [str(make_image(tmp_path / f"{i}.jpg", seed=i, color=i)) for i in range(7)]
     store = FeatureCache(tmp_path / "c", "p", PRE, "light", 3)
     store.store.pack_bytes = 40  # several packs: reads must cross pack boundaries
     jobs = [(p, "train") for p in paths]
-    assert cache_fill(store, jobs, _means) == 7
+    assert cache_fill(store, jobs, means) == 7
     assert len(list((store.dir / "packs").glob("*.npy"))) > 1
     written = {}
     for p in paths:  # what the engine made for each image, computed on its own
         views = np.stack(pixel_views(load_image(p, 64), PRE, "light", "train", 3, store.key(p)))
-        written[p] = _means(torch.from_numpy(views)).half().numpy()
+        written[p] = means(torch.from_numpy(views)).half().numpy()
     assert not np.array_equal(written[paths[0]], written[paths[1]])
     entries = store.entries(jobs)
     items, rows = np.array([6, 0, 3, 3, 1]), np.array([2, 0, 1, 2, 0])
@@ -182,7 +178,7 @@ def test_moved_folder_hits_and_edited_bytes_miss(tmp_path):
     data = make_folder(tmp_path / "data", per_class=3)
     store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
     jobs = [(str(p), "eval") for p in sorted(data.rglob("*.jpg"))]
-    cache_fill(store, jobs, _means)
+    cache_fill(store, jobs, means)
     moved = data.rename(tmp_path / "renamed")
     jobs2 = [(p.replace(str(data), str(moved)), k) for p, k in jobs]
     fresh = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)  # a new process, same cache
@@ -206,7 +202,7 @@ def test_a_killed_fill_leaves_no_visible_half_pack(tmp_path, monkeypatch):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return _means(x)
+        return means(x)
 
     with pytest.raises(KeyboardInterrupt):
         cache_fill(store, [(p, "eval") for p in paths], dies_on_third, batch=1)

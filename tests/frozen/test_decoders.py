@@ -3,8 +3,6 @@ engine gets large batches; the entries are the thread fill's, byte for byte."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,14 +11,8 @@ from mobiletune.errors import DataError
 from mobiletune.frozen.cache import FeatureCache
 from mobiletune.frozen.decoders import MIN_JOBS, decoder_processes, fill_in_processes
 from mobiletune.frozen.fill import fill
-from mobiletune.model.backbone import preprocess_spec
-from tests.conftest import cache_entry, make_image
-
-PRE = preprocess_spec("mobilenet_v3_small", "none", 32)
-
-
-def _means(x: torch.Tensor) -> torch.Tensor:
-    return x.float().mean(dim=(1, 2))  # per-channel means of NHWC pixels: images differ
+from tests.conftest import cache_entry, make_image, means
+from tests.frozen.test_fill import PRE, with_a_bad_image
 
 
 def test_entries_equal_the_thread_fill_and_batches_are_large(tmp_path):
@@ -29,12 +21,12 @@ def test_entries_equal_the_thread_fill_and_batches_are_large(tmp_path):
     paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i, color=i % 3)) for i in range(9)]
     jobs = [(p, "train" if i % 2 else "eval") for i, p in enumerate(paths)]
     threads = FeatureCache(tmp_path / "t", "p", PRE, "light", 3)
-    assert fill(threads, jobs, lambda: _means, batch=4) == len(jobs)
+    assert fill(threads, jobs, lambda: means, batch=4) == len(jobs)
     calls, seen = [], []
 
     def engine(x):
         calls.append(len(x))
-        return _means(x)
+        return means(x)
 
     procs = FeatureCache(tmp_path / "p", "p", PRE, "light", 3)
     n = fill_in_processes(procs, jobs, lambda: engine, processes=2, batch=8, chunk=4,
@@ -52,12 +44,9 @@ def test_entries_equal_the_thread_fill_and_batches_are_large(tmp_path):
 
 
 def test_a_bad_image_is_a_data_error_and_what_decoded_is_kept(tmp_path):
-    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(6)]
-    Path(paths[5]).write_bytes(b"not a jpeg any more")
-    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
-    jobs = [(p, "eval") for p in paths]
+    store, jobs = with_a_bad_image(tmp_path, 5)
     with pytest.raises(DataError, match="5.jpg"):
-        fill_in_processes(store, jobs, lambda: _means, processes=1, batch=64, chunk=1)
+        fill_in_processes(store, jobs, lambda: means, processes=1, batch=64, chunk=1)
     left = FeatureCache(tmp_path / "c", "p", PRE, "none", 1).missing(jobs)
     # one process, chunks in order: the five before the bad one decoded and were stored,
     # although the engine's batch (64) was never full

@@ -16,13 +16,9 @@ from mobiletune.errors import DataError
 from mobiletune.frozen.cache import FeatureCache
 from mobiletune.frozen.fill import fill
 from mobiletune.model.backbone import preprocess_spec
-from tests.conftest import cache_entry, make_image
+from tests.conftest import cache_entry, make_image, means
 
 PRE = preprocess_spec("mobilenet_v3_small", "none", 32)
-
-
-def _means(x: torch.Tensor) -> torch.Tensor:
-    return x.float().mean(dim=(1, 2))  # per-channel means of NHWC pixels: images differ
 
 
 def test_entries_keep_their_job_across_batch_boundaries(tmp_path):
@@ -35,7 +31,7 @@ def test_entries_keep_their_job_across_batch_boundaries(tmp_path):
 
     def engine(x):
         calls.append(len(x))
-        return _means(x)
+        return means(x)
 
     assert fill(store, jobs, lambda: engine, batch=4) == len(jobs)
     assert max(calls) <= 4 and sum(calls) == sum(3 if k == "train" else 1 for _, k in jobs)
@@ -43,18 +39,23 @@ def test_entries_keep_their_job_across_batch_boundaries(tmp_path):
         want = np.stack(pixel_views(load_image(p, 64), PRE, "light", kind, 3, store.key(p)))
         got = np.array(cache_entry(store, p, kind))
         assert got.shape == (3 if kind == "train" else 1, 3)
-        assert np.array_equal(got, _means(torch.from_numpy(want)).half().numpy())
+        assert np.array_equal(got, means(torch.from_numpy(want)).half().numpy())
     firsts = {tuple(np.array(cache_entry(store, p, k))[0]) for p, k in jobs}
     assert len(firsts) == len(jobs)  # distinct images, distinct entries: nothing mixed up
 
 
+def with_a_bad_image(tmp_path: Path, bad: int, n: int = 6) -> tuple[FeatureCache, list]:
+    """(an empty store, n eval jobs) where image `bad` changed into bytes PIL cannot decode
+    after the scan; read the store back through a new FeatureCache on tmp_path / "c"."""
+    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(n)]
+    Path(paths[bad]).write_bytes(b"not a jpeg any more")
+    return FeatureCache(tmp_path / "c", "p", PRE, "none", 1), [(p, "eval") for p in paths]
+
+
 def test_an_image_that_no_longer_decodes_is_a_data_error_and_earlier_work_is_kept(tmp_path):
-    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(6)]
-    Path(paths[4]).write_bytes(b"not a jpeg any more")
-    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
-    jobs = [(p, "eval") for p in paths]
+    store, jobs = with_a_bad_image(tmp_path, 4)
     with pytest.raises(DataError, match="4.jpg"):
-        fill(store, jobs, lambda: _means, batch=2)
+        fill(store, jobs, lambda: means, batch=2)
     left = FeatureCache(tmp_path / "c", "p", PRE, "none", 1).missing(jobs)
     assert left == jobs[4:]  # the two batches before the bad image were stored
 
@@ -64,8 +65,8 @@ def test_a_chunk_still_running_when_another_fails_is_kept(tmp_path, monkeypatch)
     bad image's chunk fails. It finishes, and is stored, before the error is raised."""
     from mobiletune.frozen import fill as fill_module
 
-    paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(6)]
-    Path(paths[4]).write_bytes(b"not a jpeg any more")
+    store, jobs = with_a_bad_image(tmp_path, 4)
+    paths = [p for p, _ in jobs]
     failed = threading.Event()
     decode = fill_module.decode_views
 
@@ -80,10 +81,8 @@ def test_a_chunk_still_running_when_another_fails_is_kept(tmp_path, monkeypatch)
 
     monkeypatch.setattr(fill_module, "decode_views", slow_first)
     monkeypatch.setattr(fill_module, "workers", lambda: 2)
-    store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
-    jobs = [(p, "eval") for p in paths]
     with pytest.raises(DataError, match="4.jpg"):
-        fill(store, jobs, lambda: _means, batch=2)
+        fill(store, jobs, lambda: means, batch=2)
     left = FeatureCache(tmp_path / "c", "p", PRE, "none", 1).missing(jobs)
     assert left == jobs[4:]
 
@@ -92,9 +91,9 @@ def test_the_engine_is_built_once_while_decoding_starts(tmp_path):
     paths = [str(make_image(tmp_path / f"{i}.jpg", 48, seed=i)) for i in range(3)]
     store = FeatureCache(tmp_path / "c", "p", PRE, "none", 1)
     built = []
-    fill(store, [(p, "eval") for p in paths], lambda: built.append(1) or _means, batch=1)
+    fill(store, [(p, "eval") for p in paths], lambda: built.append(1) or means, batch=1)
     assert built == [1]
-    assert fill(store, [], lambda: built.append(1) or _means) == 0 and built == [1]
+    assert fill(store, [], lambda: built.append(1) or means) == 0 and built == [1]
 
 
 WAIT_S = 10  # a bound, not a pace: a broken fill fails after it instead of hanging
@@ -148,7 +147,7 @@ def _engine(calls: _Calls, concurrent: bool):
                     both = calls.changed.wait_for(
                         lambda: calls.queued == 2 or calls.now > 1, WAIT_S)
                 assert both, "the other two workers never reached the engine"
-            return _means(x)
+            return means(x)
         finally:
             with calls.changed:
                 calls.now -= 1

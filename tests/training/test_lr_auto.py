@@ -40,8 +40,8 @@ def _run(tmp_path: Path, live, name: str, train: dict, finetune: dict) -> Path:
 
 def _auto_line(run: Path, stage: str) -> tuple[float, dict[float, float]]:
     """(chosen rate, {rate: val loss}) from train.log's auto line for `stage`."""
-    line = next(l for l in (run / "train.log").read_text().splitlines()
-                if f"learning rate (auto)" in l and f"the {stage} stage" in l)
+    line = next(text for text in (run / "train.log").read_text().splitlines()
+                if "learning rate (auto)" in text and f"the {stage} stage" in text)
     chosen = float(re.search(r"\(auto\): (\S+) for", line).group(1))
     tried = re.search(r": ([^:]+)\)$", line).group(1)
     losses = {float(a): float(b) for a, b in (p.split() for p in tried.split(", "))}
@@ -55,7 +55,7 @@ def _rows(run: Path, stage: str) -> list[dict]:
 def test_head_auto_picks_the_lowest_trial_loss_and_records_it(tmp_path, live):
     run = _run(tmp_path, live, "h", {"epochs": 2, "lr": None}, {"unfreeze": 0})
     chosen, losses = _auto_line(run, "head")
-    assert set(losses) == set(lr_find.CANDIDATES["head"])
+    assert set(losses) == set(lr_find.HEAD_RATES)
     assert len(set(losses.values())) > 1  # the trials differ: the choice means something
     assert chosen == min(losses, key=losses.get)
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == chosen
