@@ -9,7 +9,9 @@ which is what makes an interrupted run resume onto exactly the same numbers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
@@ -121,17 +123,38 @@ def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return (seed * 1_000_003 + (0 if stage == "head" else 500_009) + epoch) % (2**63)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_bf16() -> bool:
+    """Whether a CPU's training steps through convolution blocks run under bfloat16
+    autocast: on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), unless
+    MOBILETUNE_CPU_BF16=0. There a step of MobileNetV2's last 3 blocks takes 0.6x the time
+    of float32 (benchmarks/bench_tail.py), and finetune selected the same epoch with the same
+    val accuracy on ../shared's sets (docs/performance.md). Without native bf16 autocast
+    emulates it, slower: off.
+    """
+    if os.environ.get("MOBILETUNE_CPU_BF16", "").strip() in ("0", "false", "off", "no"):
+        return False
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+              getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(p is not None and p() for p in probes)
+
+
 def step_batch(tail, prefix, data, x, y, device, loss_fn):
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     cuda = device.type == "cuda"
     if cuda and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    # CUDA: float16 autocast (its loss scaling is in _train_epoch); CPU: float32 as always
+    # CUDA: float16 autocast (its loss scaling is in _train_epoch). CPU: bfloat16 for the
+    # training steps of a convolution tail where the CPU has it (cpu_bf16); float32 for the
+    # frozen prefix, the head alone (a 1280-wide matmul: nothing to gain) and every val pass
+    # (selection and the learning-rate race compare val losses to 1e-3: they stay exact).
     with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
         if data.live:
             with torch.no_grad():
                 x = prefix(x)
-        logits = tail(x if cuda else x.float()).float()
+        bf16 = not cuda and x.dim() == 4 and torch.is_grad_enabled() and cpu_bf16()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = tail(x if cuda else x.float()).float()
     return logits, loss_fn(logits, y), y
 
 
