@@ -1,8 +1,15 @@
 """`lr: auto`: the learning rate chosen by trying, not by reading a plot.
 
-Head stage (`choose_lr`): each candidate rate trains the head for two epochs from the same
+Head stage (`choose_lr`): each candidate rate trains the head for five epochs from the same
 starting weights on the cached features (milliseconds), the rate whose trial ends at the
 lowest val loss is the stage's rate, and the weights are put back before the stage starts.
+Five, not two: a two-epoch trial favours the largest rate, which is ahead early and ends
+worse (an overconfident head). Against full head stages at each rate on ../shared's two sets,
+seeds 0-2, two-epoch trials picked 1e-2 three times and the rate whose stage ended at the
+lowest val loss 3 of 6 times; five-epoch trials picked 3e-3 every time, 4 of 6, and the runs
+at their rates ended at a lower mean val loss (0.095 against 0.101) and an equal or higher
+mean val accuracy; ten-epoch trials, twice the cost, picked it 5 of 6 times with no better
+accuracy (benchmarks/bench_head_lr.py, docs/training.md).
 
 Finetune stage (`race`): a short trial misleads there. From a converged head, Adam's first
 steps at a useful rate raise val loss before they lower it (grocery_produce, seed 0: at 1e-4
@@ -71,9 +78,9 @@ class RaceResult:
     gain: tuple[float, float]  # the challenger's paired val-loss gain: (mean, standard error)
 
 
-# Around the rate that worked by hand (1e-3), half a decade apart; two epochs each.
+# Around the rate that worked by hand (1e-3), half a decade apart; five epochs each.
 HEAD_RATES = (3e-4, 1e-3, 3e-3, 1e-2)
-TRIAL_EPOCHS = 2.0
+TRIAL_EPOCHS = 5.0
 # The finetune race: the two rates that measured best (bench_lr.py: 1e-4 or 3e-4 led on
 # grocery_produce, hymenoptera and issue 19's 10-class set; 1e-5 and 3e-5 never did), the
 # default first, over the horizon at which the first steps' disturbance is over.
