@@ -1,7 +1,7 @@
 """`lr: auto`: the learning rate chosen by trying, not by reading a plot.
 
-Head stage (`choose_lr`): each candidate rate trains the head for five epochs from the same
-starting weights on the cached features (milliseconds), the rate whose trial ends at the
+Head stage (`choose_lr`): each candidate rate trains the head for five epochs (fewer when
+the stage itself is set shorter) from the same starting weights on the cached features (milliseconds), the rate whose trial ends at the
 lowest val loss is the stage's rate, and the weights are put back before the stage starts.
 Five, not two: a two-epoch trial favours the largest rate, which is ahead early and ends
 worse (an overconfident head). Against full head stages at each rate on ../shared's two sets,
@@ -99,7 +99,7 @@ def choose_lr(model: nn.Module, spec: StageSpec, data: StageData, device, seed: 
     prefix, tail = split(model, spec.unfreeze)
     model.to(device)
     start = copy.deepcopy(tail.state_dict())
-    steps = max(1, math.ceil(data.steps_per_epoch * TRIAL_EPOCHS))
+    steps = max(1, math.ceil(data.steps_per_epoch * trial_epochs(spec)))
     losses: dict[float, float] = {}
     for lr in HEAD_RATES:
         tail.load_state_dict(start)
@@ -108,6 +108,12 @@ def choose_lr(model: nn.Module, spec: StageSpec, data: StageData, device, seed: 
     tail.load_state_dict(start)
     finite = {lr: v for lr, v in losses.items() if math.isfinite(v)}
     return (min(finite, key=finite.get) if finite else FALLBACK[spec.name]), losses
+
+
+def trial_epochs(spec: StageSpec) -> float:
+    """How long each head trial trains: TRIAL_EPOCHS, or the stage's own epochs when a
+    user set fewer (`epochs: 2` wants the rate that is best after two epochs: the fast one)."""
+    return TRIAL_EPOCHS if spec.auto else min(TRIAL_EPOCHS, float(spec.epochs))
 
 
 def _trial(model, tail, prefix, spec: StageSpec, data: StageData, device, seed: int,

@@ -6,6 +6,7 @@ settings live, and frozen BatchNorm never moves during the race's optimizer step
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from mobiletune.config.load import load_config
 from mobiletune.model.checkpoint import load_checkpoint
 from mobiletune.training import lr_find
 from mobiletune.training import run as pipeline
+from mobiletune.training.stage import StageSpec
 from tests.conftest import make_folder, tiny_config
 from tests.helpers_runs import live_weights
 
@@ -60,6 +62,15 @@ def test_head_auto_picks_the_lowest_trial_loss_and_records_it(tmp_path, live):
     assert chosen == min(losses, key=losses.get)
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == chosen
     assert load_checkpoint(run)["config"]["train"]["lr"] == chosen
+
+
+def test_head_trials_are_never_longer_than_the_stage():
+    """Auto epochs: five-epoch trials (two favoured a rate too high for a full stage);
+    `epochs: 2` set by hand: two, the horizon the user asked the rate to be best at."""
+    spec = StageSpec("head", 0, 100, None, 1e-4, 0.0, 10, auto=True)
+    assert lr_find.trial_epochs(spec) == lr_find.TRIAL_EPOCHS == 5
+    assert lr_find.trial_epochs(dataclasses.replace(spec, epochs=2, auto=False)) == 2
+    assert lr_find.trial_epochs(dataclasses.replace(spec, epochs=30, auto=False)) == 5
 
 
 def test_finetune_race_keeps_the_winners_epochs(tmp_path, live):
