@@ -1,8 +1,9 @@
 """`lr: auto`: the learning rate chosen by trying, not by reading a plot.
 
 Head stage (`choose_lr`): each candidate rate trains the head for five epochs (fewer when
-the stage itself is set shorter) from the same starting weights on the cached features (milliseconds), the rate whose trial ends at the
-lowest val loss is the stage's rate, and the weights are put back before the stage starts.
+the stage itself is set shorter) from the same starting weights on the cached features
+(milliseconds), the rate whose trial ends at the lowest val loss is the stage's rate, and the
+weights are put back before the stage starts.
 Five, not two: a two-epoch trial favours the largest rate, which is ahead early and ends
 worse (an overconfident head). Against full head stages at each rate on ../shared's two sets,
 seeds 0-2, two-epoch trials picked 1e-2 three times and the rate whose stage ended at the
