@@ -83,8 +83,8 @@ def main() -> None:
     for col in ("data", "code", "train s", "finetune s", "both s", "ratio", "frozen pass again",
                 "head acc", "finetune acc"):
         t.add_column(col, justify="right")
+    extra = dict(kv.split("=", 1) for kv in args.baseline_env)
     for name in args.sets:
-        extra = dict(kv.split("=", 1) for kv in args.baseline_env)
         rows = {"baseline": flow(args.baseline.resolve(), SETS[name], ft, args.seed, extra),
                 "this": flow(ROOT, SETS[name], ft, args.seed)}
         base = rows["baseline"]["train_s"] + rows["baseline"]["finetune_s"]

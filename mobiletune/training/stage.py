@@ -128,9 +128,9 @@ def cpu_bf16() -> bool:
     """Whether a CPU's training steps through convolution blocks run under bfloat16
     autocast: on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), unless
     MOBILETUNE_CPU_BF16=0. There a step of MobileNetV2's last 3 blocks takes 0.6x the time
-    of float32 (benchmarks/bench_tail.py), and finetune selected the same epoch with the same
-    val accuracy on ../shared's sets (docs/performance.md). Without native bf16 autocast
-    emulates it, slower: off.
+    of float32 (benchmarks/bench_tail.py); finetune from the same parent selected the same
+    epoch at the same val accuracy on grocery_produce and one val image more on hymenoptera
+    (docs/training.md, "Precision"). Without native bf16 autocast emulates it, slower: off.
     """
     if os.environ.get("MOBILETUNE_CPU_BF16", "").strip() in ("0", "false", "off", "no"):
         return False
