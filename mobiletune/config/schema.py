@@ -15,6 +15,15 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 EXPORT_FORMATS = ("onnx", "torchscript", "tflite", "coreml")  # deploy.formats.FILE_NAMES
 # len(model.features) per arch: the range of `finetune.unfreeze`.
 NUM_BLOCKS = {"mobilenet_v2": 19, "mobilenet_v3_small": 13, "mobilenet_v3_large": 17}
+# the blocks `mobiletune finetune` unfreezes when not told (training/run.py)
+FINETUNE_DEFAULT = 3
+
+
+def finetune_depth(arch: str, unfreeze: int | None) -> int:
+    """The blocks a later finetune of this config unfreezes (`finetune.unfreeze`, else the
+    default): where a head stage caches its frozen part (frozen/feeds.py), so the cache holds
+    the export of the blocks before that boundary."""
+    return min(unfreeze or FINETUNE_DEFAULT, NUM_BLOCKS[arch])
 
 
 def _key(default: Any, help: str, *, choices: tuple | None = None, lo: float | None = None,

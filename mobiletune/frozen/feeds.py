@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from mobiletune import dist
-from mobiletune.config.schema import NUM_BLOCKS, Config
+from mobiletune.config.schema import Config, finetune_depth
 from mobiletune.data.samples import Sample
 from mobiletune.data.scan import ImageDataset
 from mobiletune.data.transforms import decode_side, eval_transform, train_transform
@@ -223,9 +223,6 @@ def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> No
     dist.agree(check)
 
 
-# the blocks `mobiletune finetune` unfreezes when not told (training/run.py)
-FINETUNE_DEFAULT = 3
-
 
 @dataclass(frozen=True)
 class FeedSpec:
@@ -246,9 +243,9 @@ class FeedSpec:
         the boundary `finetune` unfreezes by default: that command then finds its inputs in
         the cache instead of passing every image through the backbone again."""
         d = cfg.data
-        depth = min(cfg.finetune.unfreeze or FINETUNE_DEFAULT, NUM_BLOCKS[cfg.model.arch])
         return cls(cfg.model.arch, d.cache, d.augment, 1 if d.augment == "none" else d.views,
-                   d.batch_size, d.balance, cfg.workers, depth)
+                   d.batch_size, d.balance, cfg.workers,
+                   finetune_depth(cfg.model.arch, cfg.finetune.unfreeze))
 
 
 def _cached_feed(spec: FeedSpec, data, pre: dict, model, unfreeze: int, device,

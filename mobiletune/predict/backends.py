@@ -68,17 +68,18 @@ def float_runner(logits_fn: Callable[[np.ndarray], np.ndarray], pre: dict) -> Ru
 
 
 def torch_backend(model, class_names: list[str], pre: dict, info: dict,
-                  unfrozen: int = 0) -> Backend:
+                  unfrozen: int = 0, cached_at: int = 0) -> Backend:
     """A PyTorch module; for large batches of work, its frozen part (all but the last
     `unfrozen` blocks and the head: what training left as pretrained) goes to ONNX Runtime
-    (see `_engine_for`)."""
+    (see `_engine_for`). `cached_at`: the finetune depth its run cached at (a head-only run's
+    cache holds the export of the blocks before that boundary)."""
     import torch
 
     engine: list = []
 
     def prepare(n: int) -> None:
         if not engine:
-            engine.append(_engine_for(model, pre, n, unfrozen))
+            engine.append(_engine_for(model, pre, n, unfrozen, cached_at))
 
     def run(crops: np.ndarray) -> np.ndarray:
         prepare(len(crops))
@@ -94,12 +95,15 @@ def torch_backend(model, class_names: list[str], pre: dict, info: dict,
 ORT_FROM = 64
 
 
-def _engine_for(model, pre: dict, n: int, unfrozen: int = 0):
+def _engine_for(model, pre: dict, n: int, unfrozen: int = 0, cached_at: int = 0):
     """uint8 NHWC crops -> logits, the fast way for `n` images. The part training left
     frozen (model.split at `unfrozen`: HeadPrefix for a head-only run, features[:k] for a
     fine-tuned one) runs in ONNX Runtime: the very file the run's cache fill exported, so
-    scoring a run exports nothing; without it, an export made in memory. The trained
-    tail runs in PyTorch. For a few images with nothing cached, all of it runs in PyTorch."""
+    scoring a run exports nothing. A head-only run's fill exported only the blocks before
+    the finetune boundary (`cached_at`): those run from that file and the rest of the frozen
+    part in PyTorch beside the head (3 small blocks: 0.1 s for 153 images, where exporting
+    the whole backbone again took 0.4 s). Without a cached export, one made in memory.
+    For a few images with nothing cached, all of it runs in PyTorch."""
     import torch
 
     from mobiletune.data.preprocess import Normalized
@@ -108,16 +112,27 @@ def _engine_for(model, pre: dict, n: int, unfrozen: int = 0):
     from mobiletune.model.backbone import split
 
     cpu, root, size = torch.device("cpu"), cache_root(), pre["crop"]
-    prefix, tail = split(model, unfrozen)
 
-    def cached() -> bool:  # a digest of the prefix's weights: only when it decides anything
-        return onnx_cache_path(Normalized(prefix, pre["mean"], pre["std"]), root, size).is_file()
-
-    if len(list(prefix.parameters())) and (n >= ORT_FROM or cached()):
+    def ort(prefix, tail) -> _TailOn:
         # the run's own export when its cache has it; never a new file in the training cache
         features = frozen_engine(prefix.eval(), cpu, root, size, pixels=pre, concurrent=True,
                                  keep=False)
         return _TailOn(features, tail.eval())
+
+    def cached(prefix) -> bool:  # a digest of the prefix's weights: only when it decides anything
+        return onnx_cache_path(Normalized(prefix, pre["mean"], pre["std"]), root, size).is_file()
+
+    prefix, tail = split(model, unfrozen)
+    if not len(list(prefix.parameters())):
+        return TorchEngine(Normalized(model, pre["mean"], pre["std"]), cpu)
+    if cached(prefix):
+        return ort(prefix, tail)
+    if cached_at > unfrozen:
+        deeper = split(model, cached_at)
+        if cached(deeper[0]):
+            return ort(*deeper)
+    if n >= ORT_FROM:
+        return ort(prefix, tail)
     return TorchEngine(Normalized(model, pre["mean"], pre["std"]), cpu)
 
 
@@ -214,11 +229,14 @@ def open_backend(arg: str | os.PathLike | None) -> Backend:
             return tflite_backend(p)
         if is_torchscript(p):
             return torchscript_backend(p)
+    from mobiletune.config.schema import finetune_depth
     from mobiletune.model.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(p)
     info = {"checkpoint": ckpt["path"], "arch": ckpt["arch"], "stage": ckpt["stage"],
             "epoch": ckpt["epoch"], "temperature": ckpt.get("temperature")}
+    finetune = (ckpt.get("config") or {}).get("finetune") or {}
     return torch_backend(model_from_checkpoint(ckpt), ckpt["class_names"], ckpt["preprocess"],
-                         info, unfrozen=int(ckpt.get("unfrozen_blocks") or 0))
+                         info, unfrozen=int(ckpt.get("unfrozen_blocks") or 0),
+                         cached_at=finetune_depth(ckpt["arch"], finetune.get("unfreeze")))
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from mobiletune import dist
 from mobiletune.data.samples import Sample
+from mobiletune.config.schema import finetune_depth
 from mobiletune.errors import CheckpointError
 from mobiletune.evaluation.calibration import calibration_errors, choose_temperature
 from mobiletune.evaluation.metrics import wilson_interval
@@ -59,13 +60,14 @@ def live_scores(probs: np.ndarray, labels: Sequence[int], temperature: float | N
 
 def score_live(model: nn.Module, class_names: list[str], pre: dict, samples: list[Sample],
                temperature: float | None, batch_size: int = 32,
-               unfrozen: int = 0) -> dict[str, Any]:
+               unfrozen: int = 0, cached_at: int = 0) -> dict[str, Any]:
     """Score `model` on `samples` exactly as `evaluate` does on the run's val split (the
-    same backend, split where the checkpoint says its trained blocks start)."""
+    same backend, split where the checkpoint says its trained blocks start, or where its
+    run cached: `cached_at`, see predict.backends.torch_backend)."""
     from mobiletune.predict.backends import torch_backend
     from mobiletune.predict.predictor import Predictor
 
-    predictor = Predictor(torch_backend(model.eval(), class_names, pre, {}, unfrozen))
+    predictor = Predictor(torch_backend(model.eval(), class_names, pre, {}, unfrozen, cached_at))
     probs, _ = predictor.predict_probs([s.path for s in samples], batch_size)
     ok = ~np.isnan(probs).any(axis=1)  # unreadable since the scan: left out, as evaluate does
     labels = np.array([s.label for s in samples], dtype=np.int64)
@@ -98,7 +100,8 @@ def finish_run(run, spec: StageSpec, feed: StageData, device, callbacks) -> None
     t = calibrate(model, spec, feed, device)
     model.cpu()  # scored as predict and evaluate score it
     scores = score_live(model, list(run.data.classes), run.pre, run.data.of("val"), t,
-                        unfrozen=int(ckpt.get("unfrozen_blocks") or 0))
+                        unfrozen=int(ckpt.get("unfrozen_blocks") or 0),
+                        cached_at=finetune_depth(run.cfg.model.arch, run.cfg.finetune.unfreeze))
     ckpt = {**ckpt, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "temperature": t,
             "metrics": {**ckpt["metrics"], **scores, "temperature": t, "scored": "live"}}

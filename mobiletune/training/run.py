@@ -20,12 +20,12 @@ from mobiletune.config.load import config_from_dict, dump_yaml
 from mobiletune.config.overrides import (
     refuse_unhonoured_finetune,
 )
-from mobiletune.config.schema import DEVICES, Config
+from mobiletune.config.schema import DEVICES, FINETUNE_DEFAULT, Config
 from mobiletune.data.samples import ScanResult
 from mobiletune.data.scan import read_splits, scan
 from mobiletune.errors import CheckpointError, ConfigError, TrainingInterrupted
 from mobiletune.fileio import new_run_dir, write_csv, write_text
-from mobiletune.frozen.feeds import FINETUNE_DEFAULT, FeedSpec, class_weights, make_feed
+from mobiletune.frozen.feeds import FeedSpec, class_weights, make_feed
 from mobiletune.frozen.integrity import take_notices
 from mobiletune.model.backbone import (
     boundary,

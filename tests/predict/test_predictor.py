@@ -176,3 +176,39 @@ def test_a_finetuned_checkpoint_runs_its_frozen_part_from_the_cached_export(tmp_
         whole = torch.softmax(model.eval()(torch.from_numpy(x)), 1).numpy()
     assert whole[:, 0].std() > 1e-3  # outputs vary: the comparison can fail
     assert np.allclose(probs, whole, atol=1e-4)
+
+
+def test_a_head_only_checkpoint_runs_the_blocks_its_run_cached_from_that_export(
+        tmp_path, monkeypatch):
+    """A head-only run caches at the finetune boundary, so its cache holds the export of the
+    blocks before it, not of the whole frozen backbone. Scoring the run uses that file and
+    exports nothing (the backbone export took 0.4 s of every `train`), and the probabilities
+    are still the whole model's."""
+    from mobiletune.config.schema import finetune_depth
+    from mobiletune.data.images import load_image
+    from mobiletune.data.preprocess import crop_uint8, normalize
+    from mobiletune.frozen import engine
+    from mobiletune.model.backbone import preprocess_spec, split
+
+    monkeypatch.setenv("MOBILETUNE_CACHE", str(tmp_path / "cache"))
+    run = make_live_run(tmp_path)
+    ckpt = load_checkpoint(run)
+    depth = finetune_depth(ckpt["arch"], ckpt["config"]["finetune"]["unfreeze"])
+    assert depth > 0 and ckpt["unfrozen_blocks"] == 0
+    model = mobiletune.load(run).backend.module
+    pre = preprocess_spec("mobilenet_v3_small", "none", 64)
+    # what the head run's cache fill exported: the blocks before the finetune boundary
+    engine.frozen_engine(split(model, depth)[0], torch.device("cpu"), tmp_path / "cache", 64,
+                         pixels=pre)
+    exports = []
+    real = engine.onnx_bytes
+    monkeypatch.setattr(engine, "onnx_bytes", lambda *a, **k: exports.append(a) or real(*a, **k))
+    monkeypatch.setattr("mobiletune.predict.backends.ORT_FROM", 1)  # a dozen images: ORT
+    files = sorted(str(p) for p in (tmp_path / "data").rglob("*.jpg"))
+    probs, _ = mobiletune.load(run).predict_probs(files)
+    assert exports == []  # the cached file ran; nothing was exported again
+    x = normalize(np.stack([crop_uint8(load_image(f, pre["resize"]), pre) for f in files]), pre)
+    with torch.no_grad():
+        whole = torch.softmax(model.eval()(torch.from_numpy(x)), 1).numpy()
+    assert whole[:, 0].std() > 1e-3  # outputs vary: the comparison can fail
+    assert np.allclose(probs, whole, atol=1e-4)
