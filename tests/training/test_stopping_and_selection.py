@@ -127,17 +127,54 @@ def test_temperature_is_folded_once_and_unfolded_for_finetune(tmp_path, live, mo
     assert float(start["val_loss"]) == pytest.approx(parent_loss, rel=2e-3)
 
 
-def test_finetune_keeps_its_parent_when_it_cannot_beat_it(tmp_path, live):
+def _never_beaten(parent: Path) -> Path:
+    return pipeline.finetune(str(parent), {"finetune.unfreeze": 1, "finetune.epochs": 2,
+                                           "finetune.lr": 1e-9})
+
+
+def test_finetune_keeps_its_parent_when_it_cannot_beat_it(tmp_path, live, monkeypatch):
+    """best.pt is then the parent as its run scored it: the same weights, temperature and
+    live scores, taken over rather than computed again (the val images are the same bytes:
+    their fingerprint matches), and evaluate still agrees with it."""
     parent, _ = _trained(tmp_path, live, epochs=2)
-    child = pipeline.finetune(str(parent), {"finetune.unfreeze": 1, "finetune.epochs": 2,
-                                            "finetune.lr": 1e-9})
+    rescored = []
+    real = finish.score_live
+    monkeypatch.setattr(finish, "score_live", lambda *a, **k: rescored.append(1) or real(*a, **k))
+    child = _never_beaten(parent)
     rows = _rows(child)
     assert [r["epoch"] for r in rows] == ["0", "1", "2"] and rows[0]["train_loss"] == "nan"
     best, p = load_checkpoint(child), load_checkpoint(parent)
-    assert best["epoch"] == 0 and best["metrics"]["val_acc"] == p["metrics"]["val_acc"]
-    assert best["metrics"]["parent_val_acc"] == p["metrics"]["val_acc"]
-    for k, v in p["model"].items():  # best.pt is the parent's model (same temperature)
-        assert torch.allclose(best["model"][k].float(), v.float(), atol=1e-5), k
+    assert best["epoch"] == 0 and best["metrics"]["parent_val_acc"] == p["metrics"]["val_acc"]
+    assert rescored == [] and best["temperature"] == p["temperature"]
+    for k in finish.LIVE_KEYS + ("val_fingerprint",):
+        assert best["metrics"][k] == p["metrics"][k], k
+    for k, v in p["model"].items():  # best.pt is the parent's model, exactly
+        assert torch.equal(best["model"][k], v), k
+    invoke(["evaluate", "--checkpoint", child, "--out", tmp_path / "ev"], 0)
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["accuracy"] == best["metrics"]["val_acc"] and ev["ece"] == best["metrics"]["ece"]
     from mobiletune.cli.train_cmd import summary
 
     assert "did not beat" in summary(best)
+
+
+def test_a_kept_parent_is_scored_again_when_a_val_image_changed(tmp_path, live, monkeypatch):
+    parent, _ = _trained(tmp_path, live, epochs=2)
+    val = [r["path"] for r in csv.DictReader(open(parent / "splits.csv")) if r["split"] == "val"]
+    from PIL import Image
+
+    with Image.open(val[0]) as img:  # the same image, saved again: other bytes
+        img.convert("RGB").save(val[0], quality=60)
+    rescored = []
+    real = finish.score_live
+    monkeypatch.setattr(finish, "score_live", lambda *a, **k: rescored.append(1) or real(*a, **k))
+    best = load_checkpoint(_never_beaten(parent))
+    assert rescored == [1] and best["epoch"] == 0
+    assert best["metrics"]["val_fingerprint"] != load_checkpoint(parent)["metrics"]["val_fingerprint"]
+
+
+def test_live_keys_are_what_live_scores_gives():
+    import numpy as np
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert set(finish.live_scores(probs, [0, 1, 1], 1.0, True)) == set(finish.LIVE_KEYS)
