@@ -22,7 +22,13 @@ from torch import nn
 
 from mobiletune import dist
 from mobiletune.errors import INTERRUPT
-from mobiletune.model.backbone import configure_stage, param_groups, split, stage_rows
+from mobiletune.model.backbone import (
+    configure_stage,
+    has_depthwise,
+    param_groups,
+    split,
+    stage_rows,
+)
 
 # The auto rule (epochs unset): constant lr, stop after `patience` epochs without a val-loss
 # gain, at most `cap` epochs. Measured by benchmarks/sweep_epochs.py (seeds 0-4, hymenoptera
@@ -152,6 +158,8 @@ def step_batch(tail, prefix, data, x, y, device, loss_fn):
         if data.live:
             with torch.no_grad():
                 x = prefix(x)
+        if not cuda and x.dim() == 4 and has_depthwise(tail):
+            x = x.to(torch.float32, memory_format=torch.channels_last)
         bf16 = not cuda and x.dim() == 4 and torch.is_grad_enabled() and cpu_bf16()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = tail(x if cuda else x.float()).float()
