@@ -142,17 +142,17 @@ class _TailOn:
     than one call at a time, 1.3-1.4 s against 1.6 s for 153 images)."""
 
     def __init__(self, features, tail) -> None:
+        import torch
+
         from mobiletune.model.backbone import has_depthwise
 
         self.features, self.tail = features, tail
         self.concurrent = getattr(features, "concurrent", False)
-        self.channels_last = has_depthwise(tail)
+        # the tail's input layout as training gave it (model.backbone.has_depthwise)
+        self.layout = torch.channels_last if has_depthwise(tail) else torch.contiguous_format
 
     def __call__(self, x):
-        z = self.features(x)
-        if self.channels_last:  # as training ran it (model.backbone.has_depthwise)
-            z = z.contiguous(memory_format=torch.channels_last)
-        return self.tail(z)
+        return self.tail(self.features(x).contiguous(memory_format=self.layout))
 
 
 def load_torchscript(path: str | os.PathLike):
