@@ -29,6 +29,7 @@ from mobiletune.model.backbone import (
     split,
     stage_rows,
 )
+from mobiletune.training.optim import AdamW, EpochSchedule
 
 # The auto rule (epochs unset): constant lr, stop after `patience` epochs without a val-loss
 # gain, at most `cap` epochs. Measured by benchmarks/sweep_epochs.py (seeds 0-4, hymenoptera
@@ -212,11 +213,11 @@ def _score_start(spec, tail, prefix, data, device, state, save, callbacks) -> No
     callbacks.on_epoch_end(row, True)
 
 
-def make_optimizer(model: nn.Module, spec: StageSpec, saved: dict | None = None
-                   ) -> torch.optim.AdamW:
-    """AdamW over the stage's trainable parameters in two groups (`model.param_groups`: no
-    weight decay on biases and norms); `saved` is a resumed stage's optimizer state."""
-    opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr)
+def make_optimizer(model: nn.Module, spec: StageSpec, saved: dict | None = None) -> AdamW:
+    """AdamW (training/optim.py: torch.optim's update without its 1 s import of dynamo) over
+    the stage's trainable parameters in two groups (`model.param_groups`: no weight decay on
+    biases and norms); `saved` is a resumed stage's optimizer state."""
+    opt = AdamW(param_groups(model, spec.weight_decay), lr=spec.lr)
     if saved is not None:
         if len(saved["param_groups"]) != len(opt.param_groups):
             from mobiletune.errors import CheckpointError
@@ -248,8 +249,7 @@ def fit_stage(model: nn.Module, spec: StageSpec, data: StageData, *, seed: int, 
     # Stepped per batch, a short run (2 epochs of a few hundred images) spends half its
     # steps at a tiny rate and its head underfits; measured on hymenoptera, per-epoch
     # stepping lowers 2-epoch val loss from ~0.40 to ~0.30 across seeds.
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs) \
-        if spec.schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(opt, 1.0, 0)
+    sched = EpochSchedule(opt, spec.schedule, spec.epochs)
     if state.optimizer is not None:
         sched.load_state_dict(state.scheduler)
     weight = class_weights.to(device) if class_weights is not None else None
