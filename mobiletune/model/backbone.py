@@ -242,9 +242,9 @@ def split(model: nn.Module, unfreeze: int) -> tuple[nn.Module, nn.Module]:
 def has_depthwise(tail: nn.Module) -> bool:
     """Whether a tail on the CPU takes its input channels_last (only the input: the weights
     stay as they are): where it has depthwise convolutions, which oneDNN runs faster on that
-    layout. Over MobileNetV2's last 3 blocks a float32 val pass took 0.88x
-    the time and a bf16 training step 0.84x; a tail of the last block alone (1x1
-    convolutions: plain matrix products) took 1.2x, so it stays NCHW (bench_layout.py)."""
+    layout. Over MobileNetV2's last 3 blocks a float32 val pass took 0.88x the time and a
+    bf16 training step 0.81x; a tail of the last block alone (1x1 convolutions: plain matrix
+    products) took 1.2-1.4x, so it stays NCHW (benchmarks/bench_layout.py)."""
     return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in tail.modules())
 
 
