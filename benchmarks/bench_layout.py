@@ -22,7 +22,7 @@ import statistics
 import time
 
 import torch
-from bench_tail import CPU, _setup  # noqa: E402  (benchmarks/ is sys.path[0])
+from bench_tail import _setup  # noqa: E402  (benchmarks/ is sys.path[0])
 from rich.console import Console
 from rich.table import Table
 

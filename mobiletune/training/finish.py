@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from mobiletune import dist
-from mobiletune.data.samples import Sample
 from mobiletune.config.schema import finetune_depth
+from mobiletune.data.samples import Sample
 from mobiletune.errors import CheckpointError
 from mobiletune.evaluation.calibration import calibration_errors, choose_temperature
 from mobiletune.evaluation.metrics import wilson_interval
