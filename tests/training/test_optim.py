@@ -126,3 +126,25 @@ def test_train_and_finetune_never_import_dynamo(tmp_path):
                          timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_grad_scaler_drives_it_as_it_drives_torch_optim():
+    """CUDA's float16 steps go through torch.amp.GradScaler (stage._train_epoch): it unscales
+    the gradients before the step and skips a step whose gradients overflowed. Shown on the
+    CPU scaler, the same code path."""
+    ours, twin = _params(), _params()
+    opt, plain = AdamW(_groups(ours), lr=1e-2), AdamW(_groups(twin), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(sum((p ** 2).sum() for p in ours)).backward()
+    scaler.step(opt)
+    scaler.update()
+    sum((p ** 2).sum() for p in twin).backward()
+    plain.step()
+    _assert_same(ours, twin)  # the scale was taken off before the update
+    before = [p.detach().clone() for p in ours]
+    opt.zero_grad()
+    scaler.scale(ours[0].sum() * float("inf")).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(p, b) for p, b in zip(ours, before))  # an overflow: no step
+    assert scaler.get_scale() == 512.0
