@@ -125,13 +125,10 @@ def _engine_for(model, pre: dict, n: int, unfrozen: int = 0, cached_at: int = 0)
     prefix, tail = split(model, unfrozen)
     if not len(list(prefix.parameters())):
         return TorchEngine(Normalized(model, pre["mean"], pre["std"]), cpu)
-    if cached(prefix):
-        return ort(prefix, tail)
-    if cached_at > unfrozen:
-        deeper = split(model, cached_at)
-        if cached(deeper[0]):
-            return ort(*deeper)
-    if n >= ORT_FROM:
+    # the boundary a head run's fill exported first: a fill never exports HeadPrefix now
+    if cached_at > unfrozen and cached((deeper := split(model, cached_at))[0]):
+        return ort(*deeper)
+    if n >= ORT_FROM or cached(prefix):
         return ort(prefix, tail)
     return TorchEngine(Normalized(model, pre["mean"], pre["std"]), cpu)
 
