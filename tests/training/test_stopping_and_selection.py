@@ -179,3 +179,19 @@ def test_live_keys_are_what_live_scores_gives():
 
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     assert set(finish.live_scores(probs, [0, 1, 1], 1.0, True)) == set(finish.LIVE_KEYS)
+
+
+def test_only_the_parents_own_weights_count_as_the_parent():
+    """finish._is_parent: the epoch-0 weights are the parent's with its temperature taken
+    out of the head; any other weights (a parent whose best.pt changed since) are not."""
+    torch.manual_seed(0)
+    state = models.mobilenet_v3_small(weights=None, num_classes=3).state_dict()
+    parent = {"model": state, "temperature": 2.0}
+    head = [k for k in state if k.startswith("classifier.3.")]
+    epoch0 = {k: v * 2.0 if k in head else v.clone() for k, v in state.items()}
+    assert finish._is_parent(epoch0, parent)
+    assert not finish._is_parent(state, parent)  # the temperature still folded in
+    other = dict(epoch0)
+    key = next(k for k in state if k.endswith("weight") and k not in head)
+    other[key] = epoch0[key] + 1e-3
+    assert not finish._is_parent(other, parent)
