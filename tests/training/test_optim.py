@@ -133,13 +133,15 @@ def test_grad_scaler_drives_it_as_it_drives_torch_optim():
     the gradients before the step and skips a step whose gradients overflowed. Shown on the
     CPU scaler, the same code path."""
     ours, twin = _params(), _params()
-    opt, plain = AdamW(_groups(ours), lr=1e-2), AdamW(_groups(twin), lr=1e-2)
+    opt, plain = AdamW(_groups(ours), lr=1e-2), torch.optim.AdamW(_groups(twin), lr=1e-2)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    start = [p.detach().clone() for p in ours]
     scaler.scale(sum((p ** 2).sum() for p in ours)).backward()
     scaler.step(opt)
     scaler.update()
-    sum((p ** 2).sum() for p in twin).backward()
+    sum((p ** 2).sum() for p in twin).backward()  # unscaled, torch.optim's step
     plain.step()
+    assert not torch.allclose(ours[0], start[0])  # a step was taken
     _assert_same(ours, twin)  # the scale was taken off before the update
     before = [p.detach().clone() for p in ours]
     opt.zero_grad()
