@@ -80,16 +80,21 @@ def score_live(model: nn.Module, class_names: list[str], pre: dict, samples: lis
     return live_scores(probs[ok].astype(np.float64), labels[ok], temperature, True)
 
 
-def _parent_val_acc(run) -> float | None:
+def _load_parent(run) -> dict | None:
+    """The best.pt of the run a finetune started from (None: no parent, or unreadable)."""
+    if not run.cfg.parent:
+        return None
+    try:
+        return load_checkpoint(run.cfg.parent)
+    except CheckpointError:
+        return None
+
+
+def _parent_val_acc(run, parent: dict | None) -> float | None:
     """What fine-tuning has to beat: the parent run's live val accuracy on the same split,
     else (a head stage in this run) its epoch 0 row."""
-    if run.cfg.parent:
-        try:
-            parent = load_checkpoint(run.cfg.parent)
-            if parent["metrics"].get("scored") == "live":
-                return float(parent["metrics"]["val_acc"])
-        except CheckpointError:
-            pass
+    if parent is not None and parent["metrics"].get("scored") == "live":
+        return float(parent["metrics"]["val_acc"])
     start = [r for r in run.history if r.stage == "finetune" and r.epoch == 0]
     return start[0].val_acc if start else None
 
@@ -132,16 +137,12 @@ def _is_parent(weights: dict, parent: dict) -> bool:
     return True
 
 
-def _unbeaten_parent(run, ckpt: dict, fingerprint: str) -> dict | None:
+def _unbeaten_parent(parent: dict | None, ckpt: dict, fingerprint: str) -> dict | None:
     """The parent's best.pt, when fine-tuning never beat it (the selected epoch is 0: the
     parent's own weights) and the parent was scored live on these very val images: scoring
     them again would give its scores, so its weights, temperature and scores are kept as
     they are (calibrating and scoring again took 1.2 s of a 6.5 s finetune on hymenoptera)."""
-    if ckpt.get("stage") != "finetune" or ckpt.get("epoch") != 0 or not run.cfg.parent:
-        return None
-    try:
-        parent = load_checkpoint(run.cfg.parent)
-    except CheckpointError:
+    if parent is None or ckpt.get("stage") != "finetune" or ckpt.get("epoch") != 0:
         return None
     same = parent["metrics"].get("val_fingerprint") == fingerprint
     return parent if same and _is_parent(ckpt["model"], parent) else None
@@ -156,10 +157,11 @@ def finish_run(run, spec: StageSpec, feed: StageData, device, callbacks) -> None
         return
     val = run.data.of("val")
     fingerprint = val_fingerprint(val, run.data.classes, run.pre)
-    parent = _unbeaten_parent(run, ckpt, fingerprint)
-    if parent is not None:
-        state, t = parent["model"], parent.get("temperature")
-        scores = {k: v for k, v in parent["metrics"].items() if k in LIVE_KEYS}
+    parent = _load_parent(run)  # read once: whether it is kept, and what to beat
+    kept = _unbeaten_parent(parent, ckpt, fingerprint)
+    if kept is not None:
+        state, t = kept["model"], kept.get("temperature")
+        scores = {k: v for k, v in kept["metrics"].items() if k in LIVE_KEYS}
         how = f"the parent model, as scored by its run ({run.cfg.parent})"
     else:
         callbacks.on_message("scoring the selected model on the val images")
@@ -176,7 +178,7 @@ def finish_run(run, spec: StageSpec, feed: StageData, device, callbacks) -> None
             "metrics": {**ckpt["metrics"], **scores, "temperature": t, "scored": "live",
                         "val_fingerprint": fingerprint}}
     if spec.unfreeze:
-        ckpt["metrics"]["parent_val_acc"] = _parent_val_acc(run)
+        ckpt["metrics"]["parent_val_acc"] = _parent_val_acc(run, parent)
     run.set_best(ckpt)
     lo, hi = scores["accuracy_ci95"]
     run.log(f"final: {ckpt['stage']} epoch {ckpt['epoch']} {how}: val_acc "
