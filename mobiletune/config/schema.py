@@ -81,11 +81,11 @@ class TrainConfig:
 class FinetuneConfig:
     # its range depends on the arch: config._check_cross checks it and names the right one
     unfreeze: int = _key(0, "last N blocks of model.features to train; 0 = no finetune stage")
-    epochs: int | None = _key(None, "finetune-stage epochs; auto = until val loss stops "
-                              "improving", lo=1, hi=10000, kind=int, auto=True)
-    lr: float | None = _key(None, "finetune-stage learning rate; auto = 1e-4 or 3e-4, whichever "
-                            "has the lower val loss after a 2-epoch race (its epochs are kept)",
-                            lo=0.0, hi=10.0, lo_open=True, kind=float, auto=True)
+    epochs: int | None = _key(None, "finetune-stage epochs; auto = 3 with lr auto, else until "
+                              "val loss stops improving", lo=1, hi=10000, kind=int, auto=True)
+    lr: float | None = _key(None, "finetune-stage learning rate; auto = 3e-4, cosine-annealed "
+                            "to 0 over the stage's epochs", lo=0.0, hi=10.0, lo_open=True,
+                            kind=float, auto=True)
     train_bn: bool = _key(False, "let BatchNorm running statistics move in unfrozen blocks")
 
 

@@ -151,13 +151,12 @@ def execute(run: Run, callbacks: Callbacks) -> Path:
             train_labels = [s.label for s in run.data.of("train")]
             weights = class_weights(train_labels, len(run.data.classes)) \
                 if run.cfg.data.balance == "weights" else None
-            started = False
             if spec.lr is None:
-                spec, started = auto_lr(run, spec, feed, callbacks, weights)
+                spec = auto_lr(run, spec, feed, callbacks)
             with stage_threads(spec, feed, device):
                 state = fit_stage(run.model, spec, feed, seed=run.cfg.seed, device=device,
                                   state=run.state, save=run.save, callbacks=callbacks,
-                                  class_weights=weights, announce=not started)
+                                  class_weights=weights)
             final = run.stage_index == len(run.stages) - 1
             run.flush(hold_best=final)  # last.pt in case of an interrupt; best.pt once final
             if final:

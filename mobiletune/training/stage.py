@@ -154,7 +154,7 @@ def step_batch(tail, prefix, data, x, y, device, loss_fn):
     # CUDA: float16 autocast (its loss scaling is in _train_epoch). CPU: bfloat16 for the
     # training steps of a convolution tail where the CPU has it (cpu_bf16); float32 for the
     # frozen prefix, the head alone (a 1280-wide matmul: nothing to gain) and every val pass
-    # (selection and the learning-rate race compare val losses to 1e-3: they stay exact).
+    # (selection compares val losses to 1e-3: they stay exact).
     with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
         if data.live:
             with torch.no_grad():
@@ -231,19 +231,16 @@ def make_optimizer(model: nn.Module, spec: StageSpec, saved: dict | None = None)
 
 def fit_stage(model: nn.Module, spec: StageSpec, data: StageData, *, seed: int, device,
               state: StageState, save: Callable[[StageState, bool], None],
-              callbacks: Callbacks, class_weights: torch.Tensor | None = None,
-              until: int | None = None, announce: bool = True) -> StageState:
-    """Train one stage from `state` to its last epoch (or early stop; `until`: no further
-    than that epoch); `save(state, is_best)` runs after every epoch. `announce`: show the
-    stage's table first. Returns the final state."""
+              callbacks: Callbacks, class_weights: torch.Tensor | None = None) -> StageState:
+    """Train one stage from `state` to its last epoch (or early stop); `save(state, is_best)`
+    runs after every epoch. Returns the final state."""
     configure_stage(model, spec.unfreeze, spec.train_bn)
     prefix, tail = split(model, spec.unfreeze)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     trainer = dist.wrap(tail, device)  # DDP when distributed: gradients averaged over ranks
-    if announce:
-        callbacks.on_stage_start(spec, stage_rows(model, spec.lr))
+    callbacks.on_stage_start(spec, stage_rows(model, spec.lr))
     opt = make_optimizer(model, spec, state.optimizer)
     # Cosine decay stepped once per epoch: epoch e trains at lr * (1 + cos(pi e / E)) / 2.
     # Stepped per batch, a short run (2 epochs of a few hundred images) spends half its
@@ -256,7 +253,7 @@ def fit_stage(model: nn.Module, spec: StageSpec, data: StageData, *, seed: int, 
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=spec.label_smoothing)
     if spec.unfreeze and not state.history:
         _score_start(spec, tail, prefix, data, device, state, save, callbacks)
-    for epoch in range(state.epochs_done + 1, min(spec.epochs, until or spec.epochs) + 1):
+    for epoch in range(state.epochs_done + 1, spec.epochs + 1):
         if spec.patience and state.stale >= spec.patience:
             break
         result = _train_epoch(model, trainer, prefix, opt, loss_fn, spec, data, device,

@@ -1,7 +1,7 @@
 """`lr: auto` (issue 19): the head's rate comes from short trials, the lowest val loss wins;
-a finetune stage's from a race whose winner's epochs are kept, so the run goes on exactly
-as a run at the winning fixed rate would have; the choice is written where the run's
-settings live, and frozen BatchNorm never moves during the race's optimizer steps."""
+a finetune stage's is the measured recipe (3e-4 annealed over 3 epochs when epochs are
+unset); either choice is written where the run's settings live, so a rerun from config.yaml
+trains the same stage, and frozen BatchNorm never moves during the recipe's steps."""
 
 from __future__ import annotations
 
@@ -40,14 +40,17 @@ def _run(tmp_path: Path, live, name: str, train: dict, finetune: dict) -> Path:
     return pipeline.train(load_config(cfg))
 
 
-def _auto_line(run: Path, stage: str) -> tuple[float, dict[float, float]]:
-    """(chosen rate, {rate: val loss}) from train.log's auto line for `stage`."""
-    line = next(text for text in (run / "train.log").read_text().splitlines()
+def _auto_line(run: Path, stage: str) -> str:
+    """train.log's `lr: auto` line for `stage`."""
+    return next(text for text in (run / "train.log").read_text().splitlines()
                 if "learning rate (auto)" in text and f"the {stage} stage" in text)
+
+
+def _tried(line: str) -> tuple[float, dict[float, float]]:
+    """(chosen rate, {rate: val loss}) from a head stage's auto line."""
     chosen = float(re.search(r"\(auto\): (\S+) for", line).group(1))
     tried = re.search(r": ([^:]+)\)$", line).group(1)
-    losses = {float(a): float(b) for a, b in (p.split() for p in tried.split(", "))}
-    return chosen, losses
+    return chosen, {float(a): float(b) for a, b in (p.split() for p in tried.split(", "))}
 
 
 def _rows(run: Path, stage: str) -> list[dict]:
@@ -56,7 +59,7 @@ def _rows(run: Path, stage: str) -> list[dict]:
 
 def test_head_auto_picks_the_lowest_trial_loss_and_records_it(tmp_path, live):
     run = _run(tmp_path, live, "h", {"epochs": 2, "lr": None}, {"unfreeze": 0})
-    chosen, losses = _auto_line(run, "head")
+    chosen, losses = _tried(_auto_line(run, "head"))
     assert set(losses) == set(lr_find.HEAD_RATES)
     assert len(set(losses.values())) > 1  # the trials differ: the choice means something
     assert chosen == min(losses, key=losses.get)
@@ -73,50 +76,57 @@ def test_head_trials_are_never_longer_than_the_stage():
     assert lr_find.trial_epochs(dataclasses.replace(spec, epochs=30, auto=False)) == 5
 
 
-def test_finetune_race_keeps_the_winners_epochs(tmp_path, live):
-    """The auto run's finetune epochs equal, one by one, those of a run at the winning
-    fixed rate: the race's epochs are the stage's own, and it goes on from them."""
-    head = {"epochs": 1, "lr": 1e-3}  # far from separating the classes: val loss moves
-    auto = _run(tmp_path, live, "auto", head, {"unfreeze": 2, "epochs": 4, "lr": None})
-    chosen, losses = _auto_line(auto, "finetune")
-    assert set(losses) == set(lr_find.RACE["rates"]) and chosen in losses
-    assert yaml.safe_load((auto / "config.yaml").read_text())["finetune"]["lr"] == chosen
-    fixed = _run(tmp_path, live, "fixed", head, {"unfreeze": 2, "epochs": 4, "lr": chosen})
-    got, want = _rows(auto, "finetune"), _rows(fixed, "finetune")
-    assert [r["epoch"] for r in got] == [str(e) for e in range(5)]
+def _same_epochs(got: list[dict], want: list[dict]) -> None:
     assert len({r["val_loss"] for r in want}) > 2  # the epochs move: equality is a test
     for a, b in zip(got, want, strict=True):
-        for k in ("train_loss", "val_loss", "val_acc"):
+        for k in ("epoch", "lr", "train_loss", "val_loss", "val_acc"):
             x, y = float(a[k]), float(b[k])
             assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-4), (a, b)
-    assert load_checkpoint(auto)["epoch"] == load_checkpoint(fixed)["epoch"]
 
 
-def test_the_challenger_wins_only_by_a_clear_margin():
-    """3e-4 replaces the default 1e-4 only when its per-image val losses are lower by two
-    standard errors of the paired difference: a lower mean inside the noise is not enough."""
-    default, challenger = lr_find.RACE["rates"]
-    g = torch.Generator().manual_seed(0)
-    base = torch.rand(150, generator=g)
-    noise = 0.2 * torch.randn(150, generator=g)
-    assert lr_find.winner(base, base - 0.1 + 0.01 * noise)[0] == challenger  # clearly lower
-    lr, (mean, se) = lr_find.winner(base, base - 0.01 + noise)  # lower mean, within noise
-    assert mean > 0 and lr == default
-    assert lr_find.winner(base, base + 0.1)[0] == default  # worse
-    nan = base.clone()
-    nan[3] = float("nan")
-    assert lr_find.winner(base, nan)[0] == default  # a NaN loss is never a gain
+def test_finetune_auto_is_the_annealed_recipe_and_its_config_reruns_it(tmp_path, live):
+    """Epochs and lr unset: FINETUNE's 3 epochs from its rate, cosine-annealed, recorded in
+    config.yaml as numbers; a run from that config.yaml trains the same epochs."""
+    head = {"epochs": 1, "lr": 1e-3}  # far from separating the classes: val loss moves
+    auto = _run(tmp_path, live, "auto", head, {"unfreeze": 2, "lr": None})
+    lr, epochs = lr_find.FINETUNE["lr"], lr_find.FINETUNE["epochs"]
+    rows = _rows(auto, "finetune")
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs + 1))
+    want = [lr * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
+    assert [float(r["lr"]) for r in rows[1:]] == pytest.approx(want)
+    assert f"{lr:g} for the finetune stage (annealed" in _auto_line(auto, "finetune")
+    saved = yaml.safe_load((auto / "config.yaml").read_text())["finetune"]
+    assert (saved["lr"], saved["epochs"]) == (lr, epochs)
+    assert load_checkpoint(auto)["config"]["finetune"]["lr"] == lr
+    rerun = _run(tmp_path, live, "rerun", head, {"unfreeze": 2, "lr": saved["lr"],
+                                                  "epochs": saved["epochs"]})
+    _same_epochs(rows, _rows(rerun, "finetune"))
 
 
-def test_race_steps_never_move_frozen_batchnorm(tmp_path, live):
-    """Real optimizer steps at both racing rates; every BatchNorm's statistics in best.pt
+def test_finetune_auto_keeps_the_epochs_a_user_set():
+    """`epochs` set: the recipe's rate over those epochs; unset: its own length, no patience.
+    A number for lr never reaches the recipe (plan keeps the patience rule for it)."""
+    spec = StageSpec("finetune", 3, 20, None, 1e-4, 0.0, 3, schedule="constant", auto=True)
+    auto = lr_find.finetune_recipe(spec)
+    assert (auto.lr, auto.epochs, auto.schedule, auto.patience, auto.auto) == (
+        lr_find.FINETUNE["lr"], lr_find.FINETUNE["epochs"], "cosine", 0, False)
+    mine = lr_find.finetune_recipe(dataclasses.replace(spec, epochs=7, schedule="cosine",
+                                                       patience=0, auto=False))
+    assert (mine.lr, mine.epochs, mine.schedule) == (lr_find.FINETUNE["lr"], 7, "cosine")
+    cfg = load_config(None, [("finetune.unfreeze", 3), ("finetune.lr", 1e-5)])
+    fixed = pipeline.plan(cfg)[1]
+    assert (fixed.lr, fixed.auto, fixed.patience) == (1e-5, True, 3)
+
+
+def test_auto_finetune_steps_never_move_frozen_batchnorm(tmp_path, live):
+    """Real optimizer steps at the recipe's rate; every BatchNorm's statistics in best.pt
     (unfrozen blocks included: finetune.train_bn is off) equal the weights file's."""
     _, weights = live
     before = torch.load(weights, weights_only=True)
     run = _run(tmp_path, live, "bn", {"epochs": 1, "lr": 1e-3},
-               {"unfreeze": 2, "epochs": 3, "lr": None})
+               {"unfreeze": 2, "lr": None})
     best = load_checkpoint(run)
-    assert best["stage"] == "finetune" and best["epoch"] > 0  # weights the race trained
+    assert best["stage"] == "finetune" and best["epoch"] > 0  # weights the recipe trained
     after = best["model"]
     stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
     assert stats and any(k.startswith("features.1") for k in stats)
@@ -126,4 +136,4 @@ def test_race_steps_never_move_frozen_batchnorm(tmp_path, live):
         assert torch.equal(after[k], before[k]), k
     moved = [k for k in after if k.startswith(tail) and k.endswith("weight")
              and not torch.equal(after[k], before[k])]
-    assert moved  # the race did train the unfrozen blocks
+    assert moved  # the recipe did train the unfrozen blocks
