@@ -1,4 +1,4 @@
-"""`lr: auto`: the learning rate chosen by trying, not by reading a plot.
+"""`lr: auto`: the head's rate chosen by trying, the finetune's a measured recipe; no plot to read.
 
 Head stage (`choose_lr`): each candidate rate trains the head for five epochs (fewer when
 the stage itself is set shorter) from the same starting weights on the cached features
@@ -22,13 +22,13 @@ the later epochs jumps (1e-4: 0.076, 0.118, 0.132) and a lucky epoch restarts pa
 auto is the rate that measured best, annealed: 3e-4, cosine-decayed to zero over 3 epochs.
 Over seeds 0-4 it matched or beat the best constant rate under the patience rule on both of
 ../shared's sets (grocery_produce 0.988 against 0.986 for 1e-4; hymenoptera 0.963 against
-0.963) in 3 epochs, where `--lr 1e-5` ran 4.0 and 4.6 on average
+0.963) in 3 epochs, where `--lr 1e-5` ran 4.6 and 4.0 on average
 (benchmarks/sweep_finetune_lr.py, docs/training.md). Val loss still checks it: epoch 0 (the
 parent) stays the best until an epoch beats it, so a rate too high for a data set costs its
 3 epochs, never the parent's accuracy. A number for `lr` keeps the patience rule.
 
 fastai's `lr_find` and Lightning's LR finder draw a loss curve for the user to read; this
-chooses, and says what it chose.
+chooses, and says what it chose (train.log, config.yaml, the terminal).
 """
 
 from __future__ import annotations
