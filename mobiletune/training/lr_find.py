@@ -111,8 +111,6 @@ def _trial(model, tail, prefix, spec: StageSpec, data: StageData, device, seed: 
         epoch += 1
 
 
-
-
 def finetune_recipe(spec: StageSpec) -> StageSpec:
     """`lr: auto` for a finetune stage: FINETUNE's rate; with `epochs` unset (`spec.auto`),
     also its length, cosine-decayed, without patience (3 epochs leave it nothing to stop)."""
@@ -130,9 +128,9 @@ def auto_lr(run, spec: StageSpec, feed, callbacks: Callbacks) -> StageSpec:
     FINETUNE."""
     if spec.name == "finetune":
         resolved = finetune_recipe(spec)
-        how = (f"annealed to 0 over {resolved.epochs} epochs (cosine); the parent stays the "
-               "best until an epoch beats its val loss" if spec.auto else
-               f"over the {resolved.epochs} epochs set")
+        how = (f"annealed to 0 over {resolved.epochs} epochs (cosine)" + (
+            "" if spec.auto else ", the number set") + "; the parent stays the best until an "
+            "epoch beats its val loss")
         changes = {"lr": resolved.lr, "epochs": resolved.epochs}
     else:
         with stage_threads(spec, feed, run.device):
