@@ -58,8 +58,12 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
         kind is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
-        raise ConfigError(f"{where} must be {kind.__name__}, got {value!r} "
-                          f"({type(value).__name__}).", key=key, value=value, source=source)
+        auto = meta.get("auto")
+        hint = " Did you mean 'auto'?" if auto and isinstance(value, str) and \
+            difflib.get_close_matches(value.lower(), ["auto"], cutoff=0.6) else ""
+        raise ConfigError(f"{where} must be {kind.__name__}{' or auto' if auto else ''}, got "
+                          f"{value!r} ({type(value).__name__}).{hint}", key=key, value=value,
+                          source=source)
     if kind is float:
         value = float(value)
         if not math.isfinite(value):  # NaN passes every range check below

@@ -128,7 +128,7 @@ def auto_lr(run, spec: StageSpec, feed, callbacks: Callbacks) -> StageSpec:
     FINETUNE."""
     if spec.name == "finetune":
         resolved = finetune_recipe(spec)
-        how = (f"annealed to 0 over {resolved.epochs} epochs (cosine)" + (
+        how = (f"cosine-annealed to 0 over {resolved.epochs} epochs" + (
             "" if spec.auto else ", the number set") + "; the parent stays the best until an "
             "epoch beats its val loss")
         changes = {"lr": resolved.lr, "epochs": resolved.epochs}

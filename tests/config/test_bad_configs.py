@@ -30,6 +30,8 @@ FILE_CASES = {
                     ["'modle'", "Did you mean 'model'"]),
     "unknown_nested_key": (GOOD + "train:\n  epoch: 3\n", [], ["'train.epoch'", "train.epochs"]),
     "wrong_type": (GOOD + "train:\n  epochs: five\n", [], ["'train.epochs'", "must be int"]),
+    "auto_typo": (GOOD + "finetune:\n  lr: atuo\n", [],
+                  ["'finetune.lr'", "must be float or auto", "Did you mean 'auto'"]),
     "section_not_mapping": (GOOD + "data: pics\n", [], ["'data'", "mapping"]),
     "zero_epochs": (GOOD + "train:\n  epochs: 0\n", [], ["'train.epochs'", "range"]),
     "negative_lr": (GOOD + "train:\n  lr: -0.001\n", [], ["'train.lr'", "range"]),

@@ -94,7 +94,7 @@ def test_finetune_auto_is_the_annealed_recipe_and_its_config_reruns_it(tmp_path,
     assert [int(r["epoch"]) for r in rows] == list(range(epochs + 1))
     want = [lr * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
     assert [float(r["lr"]) for r in rows[1:]] == pytest.approx(want)
-    assert f"{lr:g} for the finetune stage (annealed" in _auto_line(auto, "finetune")
+    assert f"{lr:g} for the finetune stage (cosine-annealed" in _auto_line(auto, "finetune")
     saved = yaml.safe_load((auto / "config.yaml").read_text())["finetune"]
     assert (saved["lr"], saved["epochs"]) == (lr, epochs)
     assert load_checkpoint(auto)["config"]["finetune"]["lr"] == lr
