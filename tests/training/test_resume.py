@@ -163,12 +163,19 @@ def test_an_interrupt_python_swallowed_still_stops_the_run(tmp_path):
     assert [h[:2] for h in history(Path(e.value.run_dir))] == [("head", 1)]
 
 
+def _foreground() -> None:
+    """The child as a terminal's foreground job: Ctrl-C delivered. A test runner started as
+    a background job (`cmd &` in a script) ignores SIGINT, its children inherit that, and
+    mobiletune rightly keeps ignoring it (cli/app._install_handlers)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cfg: Path, tmp: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MOBILETUNE_CACHE": str(tmp / "cache"),
            "OMP_NUM_THREADS": "1"}  # as one_thread does in-process
     return subprocess.Popen([sys.executable, "-m", "mobiletune", "train", "--config", str(cfg),
                              "--epochs", "10000"], stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=tmp, **kw)
+                            env=env, cwd=tmp, preexec_fn=_foreground, **kw)
 
 
 @pytest.mark.parametrize("how", ["SIGINT-group", "SIGTERM"])
