@@ -8,7 +8,7 @@ side by side.
 against the NCHW input it had before, with everything else the same: MobileNetV2's last N
 blocks and head (offline ImageNet weights, BatchNorm frozen) on real boundary activations
 (the frozen part run on noise images). Per N, median milliseconds of
-  - a float32 val pass over --val maps in batches of --batch (what every epoch, the race,
+  - a float32 val pass over --val maps in batches of --batch (what every epoch,
     calibration and the live score run), and
   - a training step (forward, backward, AdamW) in float32 and under bf16 autocast,
 the two layouts interleaved so that machine noise hits both. The weights keep their layout in
