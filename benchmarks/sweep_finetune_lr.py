@@ -26,12 +26,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mobiletune.training.stage import AUTO_FINETUNE, is_gain
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_flow import ROOT, SETS, WEIGHTS, _run  # noqa: E402  (benchmarks/ is sys.path[0])
 
 CONSTANT = ("1e-5", "3e-5", "1e-4", "3e-4")
 ANNEALED = (("1e-4", 3), ("1e-4", 4), ("3e-4", 3), ("3e-4", 4))
-CAP, MIN_GAIN = 20, 1e-3  # training/stage.py: AUTO_FINETUNE["cap"], MIN_GAIN
+CAP = AUTO_FINETUNE["cap"]  # the constant runs train all of it (patience off)
 
 Trajectory = list[tuple[float, float]]  # (val loss, val acc) of epochs 0..n
 
@@ -67,7 +69,7 @@ def stop(t: Trajectory, patience: int | None) -> tuple[int, int]:
     for e in range(1, len(t)):
         if patience is not None and stale >= patience:
             return e - 1, best
-        if t[e][0] < t[best][0] * (1 - MIN_GAIN):
+        if is_gain(t[e][0], t[best][0]):  # the rule fit_stage applies
             best, stale = e, 0
         else:
             stale += 1

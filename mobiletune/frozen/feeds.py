@@ -223,7 +223,6 @@ def _fill_shared(store, jobs, prefix, device, root, pre, views, callbacks) -> No
     dist.agree(check)
 
 
-
 @dataclass(frozen=True)
 class FeedSpec:
     """What a stage's batch source depends on, out of the whole config."""
